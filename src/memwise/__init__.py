@@ -1,0 +1,51 @@
+"""memwise: memory-bounded, crash-isolated, zero-copy multi-process work on array-heavy data.
+
+Names are re-exported lazily (PEP 562) so that ``import memwise`` stays cheap: nothing heavy
+(numpy, psutil, rich, ...) is imported until it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "WorkerPool": "memwise.pool.api",
+    "BrokenPool": "memwise.errors",
+    "MemwiseError": "memwise.errors",
+    "RemoteError": "memwise.errors",
+    "SerializationError": "memwise.errors",
+    "TaskTimeout": "memwise.errors",
+    "WorkerCrashed": "memwise.errors",
+    "WorkerInitError": "memwise.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from memwise.errors import (
+        BrokenPool,
+        MemwiseError,
+        RemoteError,
+        SerializationError,
+        TaskTimeout,
+        WorkerCrashed,
+        WorkerInitError,
+    )
+    from memwise.pool.api import WorkerPool
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'memwise' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,78 @@
+"""How calls, results and exceptions are turned into bytes between the parent and its workers.
+
+Plain pickle (protocol 5) is tried first because it is several times faster than cloudpickle;
+cloudpickle is the fallback for lambdas, closures and interactively defined functions, which
+plain pickle refuses. Every failure becomes a :class:`~memwise.errors.SerializationError` naming
+*what* could not travel, so one bad argument fails one future and nothing else.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+from memwise.errors import RemoteError, RemoteTraceback, SerializationError
+
+PROTOCOL = 5
+
+
+def dumps(obj: Any, what: str) -> bytes:
+    """Pickle ``obj``; ``what`` names it in the error message ("the arguments of f()")."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception as exc:
+        first_error = exc
+    try:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not pickle {what}: {first_error!r}; pass picklable values (module-level "
+            "functions, plain data, numpy arrays) or make the object picklable"
+        ) from exc
+
+
+def loads(data: bytes, what: str) -> Any:
+    """Unpickle ``data``; failures (missing modules, broken ``__reduce__``) become typed errors."""
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not unpickle {what}: {exc!r}; check that the class is importable in both "
+            "processes and that its constructor accepts what __reduce__ gives it"
+        ) from exc
+
+
+def dump_exception(exc: BaseException) -> bytes:
+    """Pickle an exception raised by a task, with its traceback as text.
+
+    The pickled form is checked by unpickling it here, in the worker: an exception whose class
+    pickles but cannot be rebuilt (a custom ``__init__`` with required arguments is the classic
+    case) would otherwise fail in the parent, far from its cause. Such exceptions travel as
+    :class:`RemoteError`, which keeps the type name, message and traceback.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        data = pickle.dumps((exc, tb), PROTOCOL)
+        pickle.loads(data)
+    except Exception:
+        return pickle.dumps((RemoteError(type(exc).__qualname__, str(exc), tb), tb), PROTOCOL)
+    return data
+
+
+def load_exception(data: bytes) -> BaseException:
+    """Rebuild an exception from :func:`dump_exception`, the remote traceback as its cause."""
+    exc, tb = pickle.loads(data)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def describe(fn: Any) -> str:
+    """A short name for a callable, for error messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        return repr(fn)[:80]
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module != "builtins" else name

@@ -1,0 +1,110 @@
+"""What every benchmark shares: timing, the JSON shape and the printed tables.
+
+Absolute times on shared machines drift from run to run; figures taken in the same run, and the
+ratios between them, are what hold. Hence best-of-N for throughput (noise only ever slows a run
+down) and the median for per-call latency (robust to the odd scheduler hiccup).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+from rich.console import Console
+from rich.table import Table
+
+Figures = dict[str, float]
+
+
+class BenchResult(TypedDict):
+    """The JSON object a benchmark returns and ``memwise bench --json`` prints.
+
+    ``results`` maps a system name to its figures, ``skipped`` a system name to the reason it has
+    no figures, and ``ratios`` a peer name to memwise's figure divided by that peer's, per metric.
+    """
+
+    benchmark: str
+    results: dict[str, Figures]
+    skipped: dict[str, str]
+    ratios: dict[str, Figures]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of a results table."""
+
+    key: str
+    header: str
+    fmt: str
+    higher_is_better: bool = True
+
+
+def time_call(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` calls, in seconds."""
+    return min(time_call(fn) for _ in range(repeats))
+
+
+def median_time(fn: Callable[[], object], samples: int) -> float:
+    """The median of ``samples`` calls, in seconds."""
+    return statistics.median(time_call(fn) for _ in range(samples))
+
+
+def ratios_against(
+    results: Mapping[str, Figures], subject: str, metrics: Sequence[Metric]
+) -> dict[str, Figures]:
+    """``subject``'s figure over each other system's, per metric; empty without ``subject``."""
+    if subject not in results:
+        return {}
+    mine = results[subject]
+    return {
+        peer: {m.key: mine[m.key] / figures[m.key] for m in metrics if figures[m.key]}
+        for peer, figures in results.items()
+        if peer != subject
+    }
+
+
+def print_result(
+    result: BenchResult, metrics: Sequence[Metric], subject: str, console: Console | None = None
+) -> None:
+    """Print the figures, the ratios of ``subject`` to each peer, and what was skipped."""
+    console = console or Console()
+    console.print(_figures_table(result, metrics))
+    if result["ratios"]:
+        console.print(_ratios_table(result, metrics, subject))
+    for system, reason in result["skipped"].items():
+        console.print(f"[yellow]skipped[/] {system}: {reason}")
+
+
+def _figures_table(result: BenchResult, metrics: Sequence[Metric]) -> Table:
+    table = Table(title=f"{result['benchmark']} benchmark")
+    table.add_column("system")
+    for m in metrics:
+        table.add_column(m.header, justify="right")
+    for system, figures in result["results"].items():
+        table.add_row(system, *(format(figures[m.key], m.fmt) for m in metrics))
+    return table
+
+
+def _ratios_table(result: BenchResult, metrics: Sequence[Metric], subject: str) -> Table:
+    table = Table(title=f"{subject} ÷ peer")
+    table.add_column("peer")
+    for m in metrics:
+        better = "higher" if m.higher_is_better else "lower"
+        table.add_column(f"{m.header}\n({better} is better)", justify="right")
+    for peer, ratios in result["ratios"].items():
+        table.add_row(peer, *(_format_ratio(ratios.get(m.key)) for m in metrics))
+    return table
+
+
+def _format_ratio(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"

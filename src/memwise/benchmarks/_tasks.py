@@ -1,0 +1,40 @@
+"""Task functions the benchmarks send to worker processes.
+
+They live in an importable module, not in the benchmark scripts, so that every start method
+(fork, forkserver, spawn, loky's own) can pickle them by reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# 2 MiB of float64. The ufuncs are transcendental, so the work is bound by each core's arithmetic
+# rather than by the memory bandwidth the two workers share, which would blur the scaling figure.
+_CPU_ITEMS = 262_144
+_CPU_PASSES = 8
+
+
+def noop() -> None:
+    """Do nothing: what is left is the pool's own cost."""
+
+
+def inc(x: int) -> int:
+    """The smallest task that still moves an argument and a result."""
+    return x + 1
+
+
+def numpy_work() -> float:
+    """About 40 ms of single-threaded elementwise numpy on a 2 MiB array.
+
+    Elementwise ufuncs never call BLAS, so thread pools inside numpy cannot borrow the other core
+    and inflate the 1-worker figure. The array is made here rather than passed in so that the
+    time measured is computation, not pickling.
+    """
+    x = np.linspace(0.0, 1.0, _CPU_ITEMS)
+    y = np.empty_like(x)
+    for _ in range(_CPU_PASSES):
+        np.sin(x, out=y)
+        np.exp(y, out=y)
+        np.sqrt(y, out=y)
+        np.add(x, y, out=x)
+    return float(x[-1])

@@ -1,0 +1,346 @@
+"""``memwise bench overhead``: what a pool costs per task, next to its peers in the same run.
+
+Every system runs with two workers on four measurements:
+
+- ``submit_per_s``: no-op tasks submitted in a burst, then every result awaited (best of N);
+- ``roundtrip_us``: one no-op submitted and awaited at a time (median);
+- ``map_per_s``: the library's own ``map`` over small integers (best of N);
+- ``scaling_2v1``: throughput of the same batch of numpy-heavy tasks on 2 workers over 1.
+
+Each library is driven through its natural API and its best documented setting; the adapters
+below say what they pass. Pools are started and warmed up before any timing, so start-up cost is
+not part of these figures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rich.console import Console
+
+from memwise.benchmarks._harness import (
+    BenchResult,
+    Figures,
+    Metric,
+    best_time,
+    median_time,
+    print_result,
+    ratios_against,
+)
+from memwise.benchmarks._tasks import inc, noop, numpy_work
+
+__all__ = ["METRICS", "SYSTEMS", "print_table", "run"]
+
+WORKERS = 2
+
+# Where a library's own wait takes a deadline, a hung pool becomes a skipped system rather than a
+# benchmark that never ends. Far above any healthy wait, so it never shapes a figure.
+WAIT_S = 300.0
+
+# Numpy's thread pools read these when they start; workers pinned to one thread each keep the
+# 1-worker scaling run from quietly using the second core.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+METRICS = (
+    Metric("submit_per_s", "submit+result /s", ",.0f"),
+    Metric("roundtrip_us", "round trip µs", ",.0f", higher_is_better=False),
+    Metric("map_per_s", "map items/s", ",.0f"),
+    Metric("scaling_2v1", "scaling 2 vs 1", ".2f"),
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    submit_tasks: int
+    submit_repeats: int
+    roundtrips: int
+    map_items: int
+    map_repeats: int
+    cpu_tasks: int
+    cpu_repeats: int
+
+
+FULL = Sizes(20_000, 3, 2_000, 200_000, 3, 32, 3)
+QUICK = Sizes(2_000, 3, 200, 20_000, 3, 4, 2)
+
+
+class Adapter(Protocol):
+    """One library's pool behind the interface the measurements use."""
+
+    def start(self, workers: int) -> None: ...
+
+    def submit_many(self, fn: Callable[[], object], n: int) -> None:
+        """Submit ``n`` calls of ``fn``, then wait for every result."""
+
+    def roundtrip(self, fn: Callable[[], object]) -> None:
+        """Submit one call of ``fn`` and wait for its result."""
+
+    def map(self, fn: Callable[[int], int], items: list[int]) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+def _pool_default_chunksize(n_items: int, workers: int) -> int:
+    """``multiprocessing.Pool.map``'s own default: about four chunks per worker."""
+    return max(1, -(-n_items // (4 * workers)))
+
+
+class _ExecutorAdapter:
+    """Pools whose ``submit`` returns a ``concurrent.futures.Future``."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._workers = 0
+
+    def start(self, workers: int) -> None:
+        self._workers = workers
+        self._pool = self._create(workers)
+
+    def _create(self, workers: int) -> Any:
+        raise NotImplementedError
+
+    def _submit(self, fn: Callable[[], object]) -> Future[object]:
+        future: Future[object] = self._pool.submit(fn)
+        return future
+
+    def submit_many(self, fn: Callable[[], object], n: int) -> None:
+        futures = [self._submit(fn) for _ in range(n)]
+        for future in futures:
+            future.result(timeout=WAIT_S)
+
+    def roundtrip(self, fn: Callable[[], object]) -> None:
+        self._submit(fn).result(timeout=WAIT_S)
+
+    def map(self, fn: Callable[[int], int], items: list[int]) -> list[int]:
+        return list(self._pool.map(fn, items, timeout=WAIT_S, **self._map_options(len(items))))
+
+    def _map_options(self, n_items: int) -> dict[str, int]:
+        """Chunking for ``Executor.map``, whose default of one item per task is pathological."""
+        return {"chunksize": _pool_default_chunksize(n_items, self._workers)}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class _Memwise(_ExecutorAdapter):
+    """``memwise.WorkerPool``; ``map`` batches on its own, so no chunk size is passed."""
+
+    def _create(self, workers: int) -> Any:
+        from memwise import WorkerPool  # type: ignore[attr-defined,unused-ignore]
+
+        return WorkerPool(workers=workers)
+
+    def _map_options(self, n_items: int) -> dict[str, int]:
+        return {}
+
+
+class _ProcessPoolExecutor(_ExecutorAdapter):
+    """The standard library's executor; ``map`` gets ``multiprocessing.Pool``'s chunking."""
+
+    def _create(self, workers: int) -> Any:
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(max_workers=workers)
+
+
+class _Loky(_ExecutorAdapter):
+    """``loky.ProcessPoolExecutor``; ``map`` gets ``multiprocessing.Pool``'s chunking.
+
+    The executor rather than ``get_reusable_executor``, whose process-wide singleton would carry
+    workers over from one measurement to the next.
+    """
+
+    def _create(self, workers: int) -> Any:
+        import loky
+
+        return loky.ProcessPoolExecutor(max_workers=workers)
+
+
+class _Pebble(_ExecutorAdapter):
+    """``pebble.ProcessPool``: ``schedule`` (its documented call; ``submit`` is for asyncio) and
+    ``map`` with ``multiprocessing.Pool``'s chunking, as its default chunk size is 1."""
+
+    def _create(self, workers: int) -> Any:
+        import pebble
+
+        return pebble.ProcessPool(max_workers=workers)
+
+    def _submit(self, fn: Callable[[], object]) -> Future[object]:
+        future: Future[object] = self._pool.schedule(fn)
+        return future
+
+    def map(self, fn: Callable[[int], int], items: list[int]) -> list[int]:
+        chunksize = _pool_default_chunksize(len(items), self._workers)
+        return list(self._pool.map(fn, items, chunksize=chunksize).result())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+
+class _ApplyAsyncAdapter:
+    """Pools with ``apply_async`` returning a result to ``get`` and a ``map`` that chunks itself."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+
+    def start(self, workers: int) -> None:
+        self._pool = self._create(workers)
+
+    def _create(self, workers: int) -> Any:
+        raise NotImplementedError
+
+    def submit_many(self, fn: Callable[[], object], n: int) -> None:
+        results = [self._pool.apply_async(fn) for _ in range(n)]
+        for result in results:
+            result.get(timeout=WAIT_S)
+
+    def roundtrip(self, fn: Callable[[], object]) -> None:
+        self._pool.apply_async(fn).get(timeout=WAIT_S)
+
+    def map(self, fn: Callable[[int], int], items: list[int]) -> list[int]:
+        return list(self._pool.map(fn, items))
+
+
+class _MultiprocessingPool(_ApplyAsyncAdapter):
+    """``multiprocessing.Pool``; ``map`` keeps its default of about four chunks per worker."""
+
+    def _create(self, workers: int) -> Any:
+        import multiprocessing
+
+        return multiprocessing.Pool(processes=workers)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+
+class _Mpire(_ApplyAsyncAdapter):
+    """``mpire.WorkerPool``, which has no ``submit``: ``apply_async`` stands in for it.
+
+    ``keep_alive=True`` so workers outlive a ``map`` call, as every other pool's do, instead of
+    being restarted (and their start-up timed) on the next call. ``map`` keeps its default
+    chunking, 64 chunks per worker.
+    """
+
+    def _create(self, workers: int) -> Any:
+        import mpire
+
+        return mpire.WorkerPool(n_jobs=workers, keep_alive=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop_and_join()
+
+
+SYSTEMS: dict[str, Callable[[], Adapter]] = {
+    "memwise": _Memwise,
+    "ProcessPoolExecutor": _ProcessPoolExecutor,
+    "multiprocessing.Pool": _MultiprocessingPool,
+    "loky": _Loky,
+    "pebble": _Pebble,
+    "mpire": _Mpire,
+}
+
+
+def run(systems: Sequence[str] | None = None, quick: bool = False) -> BenchResult:
+    """Measure ``systems`` (all by default) in this process; ``quick`` shrinks sizes ~10x.
+
+    Sets the numpy thread variables to 1 in this process's environment, which the workers inherit.
+    A system that cannot be imported or that fails is listed in ``skipped`` with the reason.
+    """
+    names = _check_names(systems)
+    sizes = QUICK if quick else FULL
+    for variable in _THREAD_VARIABLES:
+        os.environ[variable] = "1"
+    results: dict[str, Figures] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            results[name] = _measure(SYSTEMS[name], sizes)
+        except ImportError as exc:
+            skipped[name] = f"not available: {exc}"
+        # A peer that breaks must not take the other systems' figures down with it.
+        except Exception as exc:
+            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    return {
+        "benchmark": "overhead",
+        "results": results,
+        "skipped": skipped,
+        "ratios": ratios_against(results, "memwise", METRICS),
+    }
+
+
+def print_table(result: BenchResult, console: Console | None = None) -> None:
+    """Print the figures, memwise ÷ each peer, and the skipped systems with their reasons."""
+    print_result(result, METRICS, "memwise", console)
+
+
+def _check_names(systems: Iterable[str] | None) -> list[str]:
+    if systems is None:
+        return list(SYSTEMS)
+    names = list(systems)
+    unknown = [name for name in names if name not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    return names
+
+
+def _measure(factory: Callable[[], Adapter], sizes: Sizes) -> Figures:
+    with _started(factory, WORKERS) as pool:
+        figures = {
+            "submit_per_s": _submit_rate(pool, sizes),
+            "roundtrip_us": _roundtrip_us(pool, sizes),
+            "map_per_s": _map_rate(pool, sizes),
+        }
+    figures["scaling_2v1"] = _cpu_rate(factory, 2, sizes) / _cpu_rate(factory, 1, sizes)
+    return figures
+
+
+@contextmanager
+def _started(factory: Callable[[], Adapter], workers: int) -> Iterator[Adapter]:
+    """A started pool whose every worker is up and has numpy imported; closed whatever happens."""
+    pool = factory()
+    try:
+        pool.start(workers)
+        # Tasks long enough that each worker takes some, including in pools that start lazily.
+        pool.submit_many(numpy_work, 2 * workers)
+        yield pool
+    finally:
+        pool.close()
+
+
+def _submit_rate(pool: Adapter, sizes: Sizes) -> float:
+    pool.submit_many(noop, sizes.submit_tasks // 10)
+    seconds = best_time(lambda: pool.submit_many(noop, sizes.submit_tasks), sizes.submit_repeats)
+    return sizes.submit_tasks / seconds
+
+
+def _roundtrip_us(pool: Adapter, sizes: Sizes) -> float:
+    for _ in range(sizes.roundtrips // 10):
+        pool.roundtrip(noop)
+    return median_time(lambda: pool.roundtrip(noop), sizes.roundtrips) * 1e6
+
+
+def _map_rate(pool: Adapter, sizes: Sizes) -> float:
+    items = list(range(sizes.map_items))
+    # The warm-up also proves the map computes the right thing, so no shortcut is being timed.
+    if pool.map(inc, items) != [inc(x) for x in items]:
+        raise RuntimeError("map returned wrong results")
+    return len(items) / best_time(lambda: pool.map(inc, items), sizes.map_repeats)
+
+
+def _cpu_rate(factory: Callable[[], Adapter], workers: int, sizes: Sizes) -> float:
+    with _started(factory, workers) as pool:
+        seconds = best_time(
+            lambda: pool.submit_many(numpy_work, sizes.cpu_tasks), sizes.cpu_repeats
+        )
+    return sizes.cpu_tasks / seconds

@@ -1,0 +1,115 @@
+"""Every error memwise raises on purpose.
+
+Each message says what happened and what to do about it. Errors that can cross a process boundary
+keep their arguments in ``args`` so they pickle and unpickle unchanged.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+__all__ = [
+    "BrokenPool",
+    "MemoryBudgetExceeded",
+    "MemwiseError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SharedMemoryError",
+    "SharedMemoryExhausted",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "WorkerInitError",
+]
+
+
+class MemwiseError(Exception):
+    """Base class of the errors memwise raises itself."""
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker.
+
+    Attached as ``__cause__`` of the re-raised exception so that the traceback printed in the
+    parent shows where the error happened in the worker, as ``ProcessPoolExecutor`` does.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class BrokenPool(MemwiseError, BrokenExecutor):
+    """The pool can no longer run tasks: workers keep dying before doing any work.
+
+    Raised instead of respawning forever, typically because the initializer crashes or the
+    machine cannot start processes. The cause (``__cause__``) holds the last failure.
+    """
+
+
+class WorkerCrashed(MemwiseError):
+    """The worker process running this task died (killed, segfault, ``os._exit``).
+
+    Attributes name the exit code or signal, the pid and the task, so the failure can be
+    reproduced. Use ``retries=`` to re-run such tasks on a fresh worker.
+    """
+
+    def __init__(
+        self, message: str, pid: int | None = None, exitcode: int | None = None, task: str = ""
+    ) -> None:
+        super().__init__(message, pid, exitcode, task)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.task = task
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TaskTimeout(MemwiseError, TimeoutError):
+    """A task ran longer than its ``timeout``; its worker was killed and replaced."""
+
+
+class WorkerInitError(MemwiseError):
+    """A worker's initializer raised, crashed or did not finish within ``init_timeout``."""
+
+
+class SerializationError(MemwiseError, TypeError):
+    """An argument, result or exception could not be pickled or unpickled.
+
+    Nothing else is affected: the pool stays healthy and other tasks go on.
+    """
+
+
+class RemoteError(MemwiseError):
+    """A task raised an exception that could not travel back to the parent as itself.
+
+    Keeps the original type name, message and remote traceback as text.
+    """
+
+    def __init__(self, type_name: str, message: str, tb: str = "") -> None:
+        super().__init__(type_name, message, tb)
+        self.type_name = type_name
+        self.message = message
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} (the exception could not be pickled, so it is "
+            "reported as RemoteError; make it picklable to get the original type back)"
+        )
+
+
+class SharedMemoryError(MemwiseError):
+    """Shared memory could not be created or used (for example /dev/shm is too small)."""
+
+
+class SharedMemoryExhausted(SharedMemoryError):
+    """The shared-memory byte cap is reached and no slot was released in time."""
+
+
+class MemoryBudgetExceeded(MemwiseError):
+    """A task or reservation waited longer than ``max_wait`` for room in a MemoryBudget."""

@@ -1,0 +1,5 @@
+"""Supervised worker pools."""
+
+from memwise.pool.api import WorkerPool
+
+__all__ = ["WorkerPool"]

@@ -1,0 +1,149 @@
+"""The loop a worker process runs: receive, run, send, until told to stop or orphaned.
+
+This module is preloaded in the forkserver, so it imports only the standard library and
+memwise's light modules: a fork from the server then starts a worker in a few milliseconds.
+
+Protocol (each message one pickled tuple on the duplex pipe):
+
+parent → worker: ``("init", payload)`` once, then ``("run", [(task_id, payload), ...])`` any
+number of times, then ``("stop",)``. The tasks of one ``run`` message and of successive ones
+are executed strictly in order, which lets the parent know which task was running when a
+worker dies: the oldest one without a result.
+
+worker → parent: ``("ready", pid)`` or ``("init_error", exception)``, then one
+``("done", task_id, status, payload, seconds)`` per task in order.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from memwise import _wire
+from memwise.errors import SerializationError
+
+OK, RAISED = 0, 1
+EXIT_PARENT_GONE = 70
+EXIT_INIT_FAILED = 71
+
+
+class PartialChunk:
+    """What a chunk of ``map`` returns: the results up to the first error, and that error.
+
+    ``map`` must raise an item's error at that item's position, after yielding the results
+    before it, so a failing item cannot simply fail the whole chunk.
+    """
+
+    __slots__ = ("error", "results")
+
+    def __init__(self, results: list[Any], error: bytes | None) -> None:
+        self.results = results
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PartialChunk, (self.results, self.error))
+
+
+def run_chunk(fn: Any, items: list[Any], star: bool) -> PartialChunk:
+    """Apply ``fn`` to each item of a ``map`` chunk (``fn(*item)`` when ``star``)."""
+    results: list[Any] = []
+    append = results.append
+    try:
+        if star:
+            for item in items:
+                append(fn(*item))
+        else:
+            for item in items:
+                append(fn(item))
+    except BaseException as exc:
+        return PartialChunk(results, _wire.dump_exception(exc))
+    return PartialChunk(results, None)
+
+
+def _watch_parent(alive: Any) -> None:
+    """Exit when the parent is gone, even in the middle of a task.
+
+    The parent holds the only write end of the ``alive`` pipe and never writes to it, so
+    ``recv`` ends (EOF) exactly when the parent has died, however it died.
+    """
+    try:
+        while True:
+            alive.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(EXIT_PARENT_GONE)
+
+
+def _die_with_parent(alive: Any) -> None:
+    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    if sys.platform.startswith("linux"):
+        # Backstop for tasks that hold the GIL forever: the kernel kills us when our parent
+        # (the forkserver, which itself exits with the pool's process) goes away.
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _send(conn: Any, message: tuple[Any, ...]) -> None:
+    conn.send_bytes(pickle.dumps(message, _wire.PROTOCOL))
+
+
+def _initialize(conn: Any, payload: bytes | None) -> bool:
+    try:
+        if payload is not None:
+            initializer, initargs = _wire.loads(payload, "the initializer")
+            initializer(*initargs)
+    except BaseException as exc:
+        _send(conn, ("init_error", _wire.dump_exception(exc)))
+        return False
+    _send(conn, ("ready", os.getpid()))
+    return True
+
+
+def _execute(task_id: int, payload: bytes) -> tuple[int, int, bytes, float]:
+    start = time.perf_counter()
+    try:
+        fn, args, kwargs = _wire.loads(payload, f"task {task_id}")
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        return task_id, RAISED, _wire.dump_exception(exc), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    try:
+        data = _wire.dumps(result, f"the result of {_wire.describe(fn)}() (task {task_id})")
+    except SerializationError as exc:
+        return task_id, RAISED, _wire.dump_exception(exc), seconds
+    return task_id, OK, data, seconds
+
+
+def main(conn: Any, alive: Any) -> None:
+    """Entry point of a worker process."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(alive)
+    kind, payload = pickle.loads(conn.recv_bytes())
+    if kind != "init" or not _initialize(conn, payload):
+        sys.exit(EXIT_INIT_FAILED)
+    backlog: deque[tuple[int, bytes]] = deque()
+    while True:
+        if not backlog:
+            try:
+                message = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                return
+            if message[0] == "stop":
+                return
+            backlog.extend(message[1])
+            continue
+        task_id, payload = backlog.popleft()
+        _send(conn, ("done", *_execute(task_id, payload)))
