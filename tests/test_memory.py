@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -86,9 +87,9 @@ def test_parse_size_rejects_negative_ints_and_floats_outside_unit_interval(
 
 
 @pytest.mark.parametrize("given", [None, True, b"4 GiB", [1]])
-def test_parse_size_rejects_other_types(given: object) -> None:
+def test_parse_size_rejects_other_types(given: Any) -> None:
     with pytest.raises(TypeError, match="size must be"):
-        parse_size(given)  # type: ignore[arg-type]
+        parse_size(given)
 
 
 def test_parse_size_fraction_of_given_total() -> None:

@@ -22,7 +22,16 @@ _EXPORTS = {
     "WorkerInitError": "memwise.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BrokenPool",
+    "MemwiseError",
+    "RemoteError",
+    "SerializationError",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "WorkerInitError",
+    "WorkerPool",
+]
 
 if TYPE_CHECKING:
     from memwise.errors import (

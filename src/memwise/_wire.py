@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import pickle
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Union
 
 from memwise.errors import RemoteError, RemoteTraceback, SerializationError
 
 PROTOCOL = 5
 
+# What failed to travel, for the error message; a callable defers building the text to the
+# error path, since formatting it on every call costs as much as pickling a small call.
+What = Union[str, Callable[[], str]]  # noqa: UP007 - a runtime alias on Python 3.10
 
-def dumps(obj: Any, what: str) -> bytes:
+
+def _text(what: What) -> str:
+    return what if isinstance(what, str) else what()
+
+
+def dumps(obj: Any, what: What) -> bytes:
     """Pickle ``obj``; ``what`` names it in the error message ("the arguments of f()")."""
     try:
         return pickle.dumps(obj, PROTOCOL)
@@ -29,19 +38,19 @@ def dumps(obj: Any, what: str) -> bytes:
         return cloudpickle.dumps(obj, PROTOCOL)
     except Exception as exc:
         raise SerializationError(
-            f"could not pickle {what}: {first_error!r}; pass picklable values (module-level "
+            f"could not pickle {_text(what)}: {first_error!r}; pass picklable values (module-level "
             "functions, plain data, numpy arrays) or make the object picklable"
         ) from exc
 
 
-def loads(data: bytes, what: str) -> Any:
+def loads(data: bytes, what: What) -> Any:
     """Unpickle ``data``; failures (missing modules, broken ``__reduce__``) become typed errors."""
     try:
         return pickle.loads(data)
     except Exception as exc:
         raise SerializationError(
-            f"could not unpickle {what}: {exc!r}; check that the class is importable in both "
-            "processes and that its constructor accepts what __reduce__ gives it"
+            f"could not unpickle {_text(what)}: {exc!r}; check that the class is importable in "
+            "both processes and that its constructor accepts what __reduce__ gives it"
         ) from exc
 
 

@@ -87,7 +87,7 @@ def print_result(
 
 def _figures_table(result: BenchResult, metrics: Sequence[Metric]) -> Table:
     table = Table(title=f"{result['benchmark']} benchmark")
-    table.add_column("system")
+    table.add_column("system", no_wrap=True)
     for m in metrics:
         table.add_column(m.header, justify="right")
     for system, figures in result["results"].items():
@@ -96,11 +96,12 @@ def _figures_table(result: BenchResult, metrics: Sequence[Metric]) -> Table:
 
 
 def _ratios_table(result: BenchResult, metrics: Sequence[Metric], subject: str) -> Table:
-    table = Table(title=f"{subject} ÷ peer")
-    table.add_column("peer")
+    lower = ", ".join(m.header for m in metrics if not m.higher_is_better)
+    caption = f"above 1 favours {subject}" + (f", except for {lower}" if lower else "")
+    table = Table(title=f"{subject} ÷ peer", caption=caption)
+    table.add_column("peer", no_wrap=True)
     for m in metrics:
-        better = "higher" if m.higher_is_better else "lower"
-        table.add_column(f"{m.header}\n({better} is better)", justify="right")
+        table.add_column(m.header, justify="right")
     for peer, ratios in result["ratios"].items():
         table.add_row(peer, *(_format_ratio(ratios.get(m.key)) for m in metrics))
     return table

@@ -47,10 +47,10 @@ WAIT_S = 300.0
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 METRICS = (
-    Metric("submit_per_s", "submit+result /s", ",.0f"),
+    Metric("submit_per_s", "submit/s", ",.0f"),
     Metric("roundtrip_us", "round trip µs", ",.0f", higher_is_better=False),
     Metric("map_per_s", "map items/s", ",.0f"),
-    Metric("scaling_2v1", "scaling 2 vs 1", ".2f"),
+    Metric("scaling_2v1", "scaling 2v1", ".2f"),
 )
 
 
@@ -132,7 +132,7 @@ class _Memwise(_ExecutorAdapter):
     """``memwise.WorkerPool``; ``map`` batches on its own, so no chunk size is passed."""
 
     def _create(self, workers: int) -> Any:
-        from memwise import WorkerPool  # type: ignore[attr-defined,unused-ignore]
+        from memwise import WorkerPool
 
         return WorkerPool(workers=workers)
 

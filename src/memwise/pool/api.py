@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 import weakref
@@ -101,7 +102,7 @@ class WorkerPool(Executor):
         """The number of worker slots."""
         return self._workers
 
-    def submit(  # type: ignore[override]
+    def submit(
         self,
         fn: Callable[..., T],
         /,
@@ -116,19 +117,14 @@ class WorkerPool(Executor):
         other tasks are unaffected.
         """
         future: Future[T] = Future()
-        label = _wire.describe(fn)
         try:
-            payload = _wire.dumps((fn, args, kwargs), f"the call {label}(...)")
+            payload = _wire.dumps((fn, args, kwargs), lambda: f"the call {_wire.describe(fn)}(...)")
         except SerializationError as exc:
             future.set_exception(exc)
             return future
-        task = Task(
-            future=future,
-            payload=payload,
-            label=label,
-            timeout=self._timeout if timeout is _UNSET else timeout,
+        self._supervisor.submit(
+            Task(future, payload, fn, self._timeout if timeout is _UNSET else timeout)
         )
-        self._supervisor.submit(task)
         return future
 
     def map(  # type: ignore[override]
@@ -145,7 +141,7 @@ class WorkerPool(Executor):
         item's exception is raised when iteration reaches that item.
         """
         star = len(iterables) != 1
-        items = list(zip(*iterables)) if star else list(iterables[0])
+        items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
         if chunksize is None:
             chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self._workers)))
         if chunksize < 1:
@@ -195,8 +191,6 @@ def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterat
 
 
 def _usable_cpus() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:

@@ -27,5 +27,5 @@ def get_context(start_method: str | None) -> BaseContext:
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         # Only takes effect if the (process-wide) forkserver has not started yet.
-        ctx.set_forkserver_preload(_PRELOAD)  # type: ignore[attr-defined]
+        ctx.set_forkserver_preload(_PRELOAD)
     return ctx

@@ -29,10 +29,11 @@ import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from memwise import _wire
+from memwise import _channel, _wire
 from memwise.errors import (
     BrokenPool,
     SerializationError,
@@ -78,6 +79,7 @@ class Worker:
         self.slot = slot
         self.process = process
         self.conn = conn
+        self.channel = _channel.channel(conn)
         self.alive = alive
         self.pid: int = process.pid
         self.state = State.STARTING
@@ -119,6 +121,8 @@ class Supervisor:
         self._ctx = get_context(config.start_method)
         self._lock = threading.Lock()
         self._incoming: deque[Task] = deque()
+        # READY workers with nothing to do, lent to submitting threads (see _send_direct_locked).
+        self._idle: list[Worker] = []
         self._poked = False
         self._closing = False
         self._cancel_queued = False
@@ -132,6 +136,7 @@ class Supervisor:
         self._workers: dict[int, Worker] = {}
         self._failures: deque[float] = deque()
         self._service_time: float | None = None
+        self._results: list[tuple[Future[Any], Any]] = []
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "restarts": 0, "timeouts": 0}
@@ -153,9 +158,32 @@ class Supervisor:
                 raise BrokenPool(f"the pool is broken and accepts no tasks: {self._broken}")
             if self._closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._incoming.append(task)
             self.counts["submitted"] += 1
+            if self._idle and not self._incoming:
+                self._send_direct_locked(task)
+                return
+            self._incoming.append(task)
             self._poke_locked()
+
+    def _send_direct_locked(self, task: Task) -> None:
+        """Hand ``task`` straight to an idle worker from the submitting thread.
+
+        This is the one exception to "only the supervisor touches workers", and it is narrow:
+        the supervisor lends idle workers by listing them in ``_idle`` (only while its queue
+        is empty, so nothing is overtaken) and takes them back under the same lock before it
+        uses, stops or forgets them. Skipping the hop to the supervisor thread halves the
+        latency of a lone call, which is what interactive callers wait for.
+        """
+        worker = self._idle.pop()
+        task.claimed = task.future.set_running_or_notify_cancel()
+        worker.busy_since = time.monotonic()
+        worker.outstanding.append(task)
+        try:
+            worker.channel.send(pickle.dumps(("run", [(task.id, task.payload)]), _wire.PROTOCOL))
+        except OSError:
+            pass  # the worker died; the supervisor re-queues or fails the task with the others
+        if task.timeout is not None:
+            self._poke_locked()  # the supervisor must start watching the deadline
 
     def close(self, cancel_futures: bool) -> None:
         with self._lock:
@@ -193,9 +221,11 @@ class Supervisor:
                 self._enforce_deadlines()
                 self._ensure_workers()
                 self._dispatch()
+                self._resolve()
         except BaseException as exc:
             self._break(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
         finally:
+            self._resolve()
             self._cleanup()
 
     def _finished(self) -> bool:
@@ -216,8 +246,10 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
-            self._queue.extend(self._incoming)
-            self._incoming.clear()
+            if self._incoming:
+                self._idle.clear()
+                self._queue.extend(self._incoming)
+                self._incoming.clear()
             cancel, self._cancel_queued = self._cancel_queued, False
         if cancel:
             for task in self._queue:
@@ -258,7 +290,7 @@ class Supervisor:
             process.sentinel, selectors.EVENT_READ, lambda: self._on_exit(worker)
         )
         try:
-            conn.send_bytes(pickle.dumps(("init", self.config.init_payload), _wire.PROTOCOL))
+            worker.channel.send(pickle.dumps(("init", self.config.init_payload), _wire.PROTOCOL))
         except OSError:
             pass  # it died already; its sentinel will say how
 
@@ -268,7 +300,7 @@ class Supervisor:
                 worker.state = State.STOPPING
                 worker.since = time.monotonic()
                 try:
-                    worker.conn.send_bytes(pickle.dumps(("stop",), _wire.PROTOCOL))
+                    worker.channel.send(pickle.dumps(("stop",), _wire.PROTOCOL))
                 except OSError:
                     pass
 
@@ -305,20 +337,14 @@ class Supervisor:
     # ----- messages ------------------------------------------------------------------------
 
     def _on_readable(self, worker: Worker) -> None:
-        conn = worker.conn
-        while True:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                # The process is exiting; its sentinel will tell how, so wait for that.
-                self._selector.unregister(conn)
-                return
+        try:
+            messages = worker.channel.receive()
+        except (EOFError, OSError):
+            # The process is exiting; its sentinel will tell how, so wait for that.
+            self._selector.unregister(worker.conn)
+            return
+        for data in messages:
             self._on_message(worker, pickle.loads(data))
-            try:
-                if not conn.poll():
-                    return
-            except (EOFError, OSError):
-                return
 
     def _on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -353,23 +379,35 @@ class Supervisor:
         self._failures.clear()
         try:
             if status == _worker_module.OK:
-                value = _wire.loads(payload, f"the result of {task}")
+                value = _wire.loads(payload, lambda: f"the result of {task}")
             else:
                 error = _wire.load_exception(payload)
         except SerializationError as exc:
             status, error = _worker_module.RAISED, exc
         if status == _worker_module.OK:
             self.counts["done"] += 1
-            task.future.set_result(value)
+            self._results.append((task.future, value))
         else:
             self.counts["failed"] += 1
             task.future.set_exception(error)
 
+    def _resolve(self) -> None:
+        """Set the results collected in this round, last thing before waiting again.
+
+        A woken caller needs the GIL, which this thread holds until it blocks in ``select``;
+        resolving last keeps the bookkeeping of the round out of the caller's latency.
+        """
+        results, self._results = self._results, []
+        for future, value in results:
+            future.set_result(value)
+
     # ----- deaths --------------------------------------------------------------------------
 
     def _on_exit(self, worker: Worker) -> None:
-        if worker.conn.fileno() in self._selector.get_map():
-            self._on_readable(worker)  # results sent just before dying still count
+        with self._lock:
+            self._idle.clear()  # take lent workers back before re-queueing or closing anything
+        for data in worker.channel.drain():  # results sent just before dying still count
+            self._on_message(worker, pickle.loads(data))
         worker.process.join(1.0)
         exitcode = worker.process.exitcode
         self._forget(worker)
@@ -462,6 +500,7 @@ class Supervisor:
             if self._broken is not None:
                 return
             self._broken = error
+            self._idle.clear()
             pending = list(self._incoming) + list(self._queue)
             self._incoming.clear()
         self._queue.clear()
@@ -479,12 +518,24 @@ class Supervisor:
     def _pipeline_depth(self) -> int:
         if self._service_time is None:
             return 1
-        return max(1, min(MAX_PIPELINE_DEPTH, int(PIPELINE_SECONDS / max(self._service_time, 1e-6))))
+        return max(
+            1, min(MAX_PIPELINE_DEPTH, int(PIPELINE_SECONDS / max(self._service_time, 1e-6)))
+        )
 
     def _dispatch(self) -> None:
-        if not self._queue or self._broken is not None:
+        with self._lock:
+            self._idle.clear()
+        if self._broken is not None:
             return
         ready = [w for w in self._workers.values() if w.state is State.READY]
+        self._assign(ready)
+        if not self._queue and not self._closing:
+            with self._lock:
+                self._idle = [w for w in ready if not w.outstanding]
+
+    def _assign(self, ready: list[Worker]) -> None:
+        if not self._queue:
+            return
         ready.sort(key=lambda w: len(w.outstanding))
         depth = self._pipeline_depth()
         for index, worker in enumerate(ready):
@@ -517,7 +568,7 @@ class Supervisor:
             worker.busy_since = time.monotonic()
         message = pickle.dumps(("run", [(t.id, t.payload) for t in batch]), _wire.PROTOCOL)
         try:
-            worker.conn.send_bytes(message)
+            worker.channel.send(message)
         except OSError:
             # The worker died before it could read: nothing ran, so nothing counts as tried.
             self._queue.extendleft(reversed(batch))
@@ -535,4 +586,3 @@ class Supervisor:
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._started.set()
-

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import Any
 
-from memwise import _wire
+from memwise import _channel, _wire
 from memwise.errors import SerializationError
 
 OK, RAISED = 0, 1
@@ -95,11 +95,11 @@ def _die_with_parent(alive: Any) -> None:
             pass
 
 
-def _send(conn: Any, message: tuple[Any, ...]) -> None:
-    conn.send_bytes(pickle.dumps(message, _wire.PROTOCOL))
+def _send(channel: _channel.Channel, message: tuple[Any, ...]) -> None:
+    channel.send(pickle.dumps(message, _wire.PROTOCOL))
 
 
-def _initialize(conn: Any, payload: bytes | None) -> bool:
+def _initialize(conn: _channel.Channel, payload: bytes | None) -> bool:
     try:
         if payload is not None:
             initializer, initargs = _wire.loads(payload, "the initializer")
@@ -114,13 +114,13 @@ def _initialize(conn: Any, payload: bytes | None) -> bool:
 def _execute(task_id: int, payload: bytes) -> tuple[int, int, bytes, float]:
     start = time.perf_counter()
     try:
-        fn, args, kwargs = _wire.loads(payload, f"task {task_id}")
+        fn, args, kwargs = _wire.loads(payload, lambda: f"task {task_id}")
         result = fn(*args, **kwargs)
     except BaseException as exc:
         return task_id, RAISED, _wire.dump_exception(exc), time.perf_counter() - start
     seconds = time.perf_counter() - start
     try:
-        data = _wire.dumps(result, f"the result of {_wire.describe(fn)}() (task {task_id})")
+        data = _wire.dumps(result, lambda: f"the result of {_wire.describe(fn)}() (task {task_id})")
     except SerializationError as exc:
         return task_id, RAISED, _wire.dump_exception(exc), seconds
     return task_id, OK, data, seconds
@@ -131,19 +131,26 @@ def main(conn: Any, alive: Any) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(alive)
-    kind, payload = pickle.loads(conn.recv_bytes())
-    if kind != "init" or not _initialize(conn, payload):
+    channel = _channel.channel(conn)
+    inbox: deque[bytearray] = deque(channel.receive())
+    while not inbox:
+        inbox.extend(channel.receive())
+    kind, payload = pickle.loads(inbox.popleft())
+    if kind != "init" or not _initialize(channel, payload):
         sys.exit(EXIT_INIT_FAILED)
     backlog: deque[tuple[int, bytes]] = deque()
     while True:
-        if not backlog:
+        if backlog:
+            task_id, payload = backlog.popleft()
+            _send(channel, ("done", *_execute(task_id, payload)))
+            continue
+        if not inbox:
             try:
-                message = pickle.loads(conn.recv_bytes())
+                inbox.extend(channel.receive())
             except (EOFError, OSError):
                 return
-            if message[0] == "stop":
-                return
-            backlog.extend(message[1])
             continue
-        task_id, payload = backlog.popleft()
-        _send(conn, ("done", *_execute(task_id, payload)))
+        message = pickle.loads(inbox.popleft())
+        if message[0] == "stop":
+            return
+        backlog.extend(message[1])
