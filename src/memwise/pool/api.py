@@ -102,7 +102,7 @@ class WorkerPool(Executor):
         """The number of worker slots."""
         return self._workers
 
-    def submit(
+    def submit(  # type: ignore[override]
         self,
         fn: Callable[..., T],
         /,
@@ -127,7 +127,7 @@ class WorkerPool(Executor):
         )
         return future
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
