@@ -170,9 +170,10 @@ class WorkerPool(Executor):
         """
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def stats(self) -> dict[str, int]:
-        """Totals since the pool started: submitted, done, failed, restarts, timeouts."""
-        return dict(self._supervisor.counts)
+    def stats(self) -> dict[str, Any]:
+        """Totals since the pool started (submitted, done, failed, restarts, timeouts) and,
+        under ``"slots"``, one row per worker slot: pid, state, running task, tasks done."""
+        return {**self._supervisor.counts, "slots": self._supervisor.slots()}
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:

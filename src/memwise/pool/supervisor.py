@@ -199,6 +199,25 @@ class Supervisor:
     def broken(self) -> BaseException | None:
         return self._broken
 
+    def slots(self) -> list[dict[str, Any]]:
+        """A snapshot of every worker slot, readable from any thread.
+
+        Values are read without the supervisor's cooperation, so they may be a moment stale.
+        """
+        rows = []
+        for worker in sorted(list(self._workers.values()), key=lambda w: w.slot):
+            outstanding = list(worker.outstanding)
+            rows.append(
+                {
+                    "slot": worker.slot,
+                    "pid": worker.pid,
+                    "state": "busy" if outstanding else worker.state.value,
+                    "task": str(outstanding[0]) if outstanding else None,
+                    "tasks_done": worker.tasks_done,
+                }
+            )
+        return rows
+
     def _poke_locked(self) -> None:
         # One byte in the pipe is enough to wake the supervisor; skipping the write while one
         # is pending saves a system call per submit during bursts.

@@ -17,9 +17,13 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from memwise.shared import _segment
 from memwise.shared._segment import Segment
+
+if TYPE_CHECKING:
+    from memwise.shared._pool import SlotHandle
 
 MAX_ENTRIES = 64
 MAX_BYTES = 1 << 30
@@ -63,6 +67,17 @@ def get(name: str, size: int) -> Segment:
         segment = _live.setdefault(name, segment)
         _keep_recent(segment)
         return segment
+
+
+def attach(handle: SlotHandle, *, writable: bool = False) -> memoryview:
+    """The bytes ``handle`` names, mapped in this process (cached), read-only unless asked.
+
+    Untracked: nothing tells the owner when you are done. Use ``borrow`` for a view whose
+    lifetime the owner hears about.
+    """
+    segment = get(handle.name, handle.size)
+    view = segment.view[handle.offset : handle.offset + handle.nbytes]
+    return view if writable else view.toreadonly()
 
 
 def forget(names: Iterable[str]) -> None:

@@ -20,7 +20,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from memwise.errors import SharedMemoryError, SharedMemoryExhausted
@@ -47,11 +47,12 @@ class SlotHandle:
 class _Entry:
     """One segment owned by a pool, with its state."""
 
-    __slots__ = ("borrows", "generation", "leased", "segment", "since", "site")
+    __slots__ = ("borrows", "generation", "leased", "nbytes", "segment", "since", "site")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
         self.leased = False
+        self.nbytes = 0
         self.generation = 0  # bumped per lease, so a stale Slot cannot release a newer one
         self.borrows: dict[int, int] = {}  # pid -> outstanding loans
         self.site = ""
@@ -174,8 +175,9 @@ class SlotPool:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                self._counts["waits"] += not waited
-                waited = True
+                if not waited:
+                    self._counts["waits"] += 1
+                    waited = True
                 self._wait_for(remaining)
         _discard(doomed)
         return self._lease_new(size, nbytes, site)
@@ -231,6 +233,7 @@ class SlotPool:
     def _lease(self, entry: _Entry, nbytes: int, site: str) -> Slot:
         entry.leased = True
         entry.generation += 1
+        entry.nbytes = nbytes
         entry.site = site
         entry.since = time.monotonic()
         return Slot(self, entry, nbytes)
@@ -443,7 +446,7 @@ class SlotPool:
                 SlotLeak(
                     name=entry.segment.name,
                     size=entry.segment.size,
-                    nbytes=0,
+                    nbytes=entry.nbytes,
                     site=entry.site,
                     age=now - entry.since,
                     borrowers=tuple(sorted(entry.borrows)),
@@ -468,10 +471,10 @@ class SlotPool:
                 self._busy = False
 
     def _apply_queued(self, slot: Slot) -> None:
-        try:
+        # Nobody is left to hear an error from a queued finalizer: drop it as the finalizer
+        # thread would have (weakref prints and ignores it).
+        with suppress(ValueError):
             self._apply_release(slot)
-        except ValueError:
-            pass  # a queued finalizer racing an explicit release: the slot is free either way
 
     def _wait_for(self, seconds: float) -> None:
         self._busy = False
