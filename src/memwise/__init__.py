@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WorkerPool": "memwise.pool.api",
+    "Recycle": "memwise.pool.policies",
     "BrokenPool": "memwise.errors",
     "MemwiseError": "memwise.errors",
     "RemoteError": "memwise.errors",
@@ -25,6 +26,7 @@ _EXPORTS = {
 __all__ = [
     "BrokenPool",
     "MemwiseError",
+    "Recycle",
     "RemoteError",
     "SerializationError",
     "TaskTimeout",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         WorkerInitError,
     )
     from memwise.pool.api import WorkerPool
+    from memwise.pool.policies import Recycle
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ plain pickle refuses. Every failure becomes a :class:`~memwise.errors.Serializat
 from __future__ import annotations
 
 import pickle
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any, Union
@@ -26,20 +27,36 @@ def _text(what: What) -> str:
     return what if isinstance(what, str) else what()
 
 
-def dumps(obj: Any, what: What) -> bytes:
-    """Pickle ``obj``; ``what`` names it in the error message ("the arguments of f()")."""
-    try:
-        return pickle.dumps(obj, PROTOCOL)
-    except Exception as exc:
-        first_error = exc
+def _interactive_main() -> bool:
+    """Whether ``__main__`` is a REPL, a notebook or ``python -c``: it has no file.
+
+    Workers can import a script's ``__main__`` again, but not an interactive one, so what is
+    defined there must travel by value (cloudpickle) instead of by reference.
+    """
+    main = sys.modules.get("__main__")
+    return main is not None and not hasattr(main, "__file__")
+
+
+def dumps(obj: Any, what: What, *, calls: bool = False) -> bytes:
+    """Pickle ``obj``; ``what`` names it in the error message ("the arguments of f()").
+
+    ``calls`` marks functions and their arguments sent to workers, which must go by value
+    when they may come from an interactive ``__main__``.
+    """
+    first_error: Exception | None = None
+    if not (calls and _interactive_main()):
+        try:
+            return pickle.dumps(obj, PROTOCOL)
+        except Exception as exc:
+            first_error = exc
     try:
         import cloudpickle
 
         return cloudpickle.dumps(obj, PROTOCOL)
     except Exception as exc:
         raise SerializationError(
-            f"could not pickle {_text(what)}: {first_error!r}; pass picklable values (module-level "
-            "functions, plain data, numpy arrays) or make the object picklable"
+            f"could not pickle {_text(what)}: {first_error or exc!r}; pass picklable values "
+            "(module-level functions, plain data, numpy arrays) or make the object picklable"
         ) from exc
 
 

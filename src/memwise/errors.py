@@ -10,6 +10,7 @@ from concurrent.futures import BrokenExecutor
 
 __all__ = [
     "BrokenPool",
+    "BufferPoolExhausted",
     "MemoryBudgetExceeded",
     "MemwiseError",
     "RemoteError",
@@ -109,6 +110,10 @@ class SharedMemoryError(MemwiseError):
 
 class SharedMemoryExhausted(SharedMemoryError):
     """The shared-memory byte cap is reached and no slot was released in time."""
+
+
+class BufferPoolExhausted(MemwiseError, TimeoutError):
+    """Every buffer of a BufferPool stayed leased for the whole ``timeout`` of ``acquire``."""
 
 
 class MemoryBudgetExceeded(MemwiseError):

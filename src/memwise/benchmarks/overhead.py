@@ -15,7 +15,7 @@ not part of these figures.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +56,8 @@ METRICS = (
 
 @dataclass(frozen=True)
 class Sizes:
+    """How much work each measurement does; ``*_repeats`` is the N of best-of-N."""
+
     submit_tasks: int
     submit_repeats: int
     roundtrips: int
@@ -105,8 +107,7 @@ class _ExecutorAdapter:
         raise NotImplementedError
 
     def _submit(self, fn: Callable[[], object]) -> Future[object]:
-        future: Future[object] = self._pool.submit(fn)
-        return future
+        return self._pool.submit(fn)
 
     def submit_many(self, fn: Callable[[], object], n: int) -> None:
         futures = [self._submit(fn) for _ in range(n)]
@@ -172,8 +173,7 @@ class _Pebble(_ExecutorAdapter):
         return pebble.ProcessPool(max_workers=workers)
 
     def _submit(self, fn: Callable[[], object]) -> Future[object]:
-        future: Future[object] = self._pool.schedule(fn)
-        return future
+        return self._pool.schedule(fn)
 
     def map(self, fn: Callable[[int], int], items: list[int]) -> list[int]:
         chunksize = _pool_default_chunksize(len(items), self._workers)
@@ -284,7 +284,7 @@ def print_table(result: BenchResult, console: Console | None = None) -> None:
     print_result(result, METRICS, "memwise", console)
 
 
-def _check_names(systems: Iterable[str] | None) -> list[str]:
+def _check_names(systems: Sequence[str] | None) -> list[str]:
     if systems is None:
         return list(SYSTEMS)
     names = list(systems)

@@ -8,12 +8,15 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from memwise import _wire
 from memwise.errors import SerializationError
+from memwise.pool.imap import bounded_results
+from memwise.pool.policies import Recycle
+from memwise.pool.queue import slot_for
 from memwise.pool.supervisor import PoolConfig, Supervisor
 from memwise.pool.task import Task
 from memwise.pool.worker import PartialChunk, run_chunk
@@ -47,7 +50,11 @@ class WorkerPool(Executor):
     """A pool of supervised worker processes.
 
     Args:
-        workers: number of worker processes (default: the number of usable CPUs).
+        workers: the number of worker slots, i.e. the most processes at once (default: the
+            number of usable CPUs). ``max_workers`` is a synonym.
+        min_workers: processes kept alive even when idle (default: all of them). With fewer,
+            workers start on demand and, with ``Recycle(idle=...)``, idle ones above the
+            minimum exit: ``min_workers=0`` lets an idle service hold no worker at all.
         initializer: called with ``initargs`` once in every worker before its first task. A
             failure or a hang (past ``init_timeout`` seconds) raises ``WorkerInitError`` here,
             at construction, with the remote traceback.
@@ -55,42 +62,61 @@ class WorkerPool(Executor):
             its future fails with ``WorkerCrashed``.
         timeout: default per-task time limit in seconds; an overdue task's worker is killed
             and replaced, and its future fails with ``TaskTimeout``.
+        recycle: when to replace workers by fresh processes (see :class:`Recycle`).
+        max_restarts: break the pool (``BrokenPool``) once workers have died unexpectedly more
+            than this many times in total; None for no limit.
+        trim: return freed heap memory to the OS after every task (glibc ``malloc_trim``).
         start_method: ``"forkserver"`` (Linux default), ``"spawn"`` (elsewhere) or ``"fork"``.
 
     Functions and arguments travel by pickle (protocol 5), falling back to cloudpickle for
-    lambdas and closures. ``submit`` reserves the keyword ``timeout``; a function that takes
-    such a keyword itself can be wrapped with ``functools.partial``.
+    lambdas and closures. ``submit`` reserves the keywords ``timeout``, ``key``, ``priority``
+    and ``coalesce``; a function that takes such a keyword itself can be wrapped with
+    ``functools.partial``.
     """
 
     def __init__(
         self,
         workers: int | None = None,
         *,
+        max_workers: int | None = None,
+        min_workers: int | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         init_timeout: float = 60.0,
         retries: int = 0,
         timeout: float | None = None,
+        recycle: Recycle | None = None,
+        max_restarts: int | None = None,
+        trim: bool = False,
         start_method: str | None = None,
     ) -> None:
+        if workers is not None and max_workers is not None and workers != max_workers:
+            raise ValueError("give workers or max_workers, not both")
         if workers is None:
-            workers = _usable_cpus()
+            workers = _usable_cpus() if max_workers is None else max_workers
+        min_workers = workers if min_workers is None else min_workers
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if not 0 <= min_workers <= workers:
+            raise ValueError(f"min_workers must be between 0 and {workers}, got {min_workers}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         init_payload = None
         if initializer is not None:
-            init_payload = _wire.dumps((initializer, initargs), "the initializer")
+            init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
         self._workers = workers
         self._timeout = timeout
         self._supervisor = Supervisor(
             PoolConfig(
-                workers=workers,
+                max_workers=workers,
+                min_workers=min_workers,
                 init_payload=init_payload,
                 init_timeout=init_timeout,
                 retries=retries,
                 start_method=start_method,
+                recycle=recycle or Recycle(),
+                max_restarts=max_restarts,
+                trim=trim,
             )
         )
         self._supervisor.start()
@@ -108,23 +134,43 @@ class WorkerPool(Executor):
         /,
         *args: Any,
         timeout: float | None = _UNSET,
+        key: Hashable = None,
+        priority: int = 0,
+        coalesce: Hashable = None,
         **kwargs: Any,
     ) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
 
-        ``timeout`` overrides the pool's per-task time limit for this call. An argument that
-        cannot be pickled fails the returned future with ``SerializationError``; the pool and
-        other tasks are unaffected.
+        Args:
+            timeout: overrides the pool's per-task time limit for this call.
+            key: pins the task to one worker slot (rendezvous hashing of a stable digest of
+                the key): tasks with equal keys run on the same worker, in submission order.
+            priority: higher runs first among queued tasks (never reordering one key's tasks).
+            coalesce: a tag; queued, not-yet-started tasks with the same tag are cancelled
+                (latest wins, as for interactive previews).
+
+        An argument that cannot be pickled fails the returned future with
+        ``SerializationError``; the pool and other tasks are unaffected.
         """
         future: Future[T] = Future()
         try:
-            payload = _wire.dumps((fn, args, kwargs), lambda: f"the call {_wire.describe(fn)}(...)")
+            payload = _wire.dumps(
+                (fn, args, kwargs), lambda: f"the call {_wire.describe(fn)}(...)", calls=True
+            )
         except SerializationError as exc:
             future.set_exception(exc)
             return future
-        self._supervisor.submit(
-            Task(future, payload, fn, self._timeout if timeout is _UNSET else timeout)
+        task = Task(
+            future,
+            payload,
+            fn,
+            self._timeout if timeout is _UNSET else timeout,
+            key=key,
+            slot=None if key is None else slot_for(key, self._workers),
+            priority=priority,
+            coalesce=coalesce,
         )
+        self._supervisor.submit(task)
         return future
 
     def map(
@@ -133,12 +179,14 @@ class WorkerPool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[T]:
         """Like ``Executor.map``, with items sent in chunks.
 
         Without ``chunksize``, items are split into about ``8 * workers`` chunks, which keeps
         per-item overhead negligible for tiny functions and load balanced for slow ones. An
-        item's exception is raised when iteration reaches that item.
+        item's exception is raised when iteration reaches that item. ``progress`` shows a
+        progress bar.
         """
         star = len(iterables) != 1
         items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
@@ -151,7 +199,45 @@ class WorkerPool(Executor):
             self.submit(run_chunk, fn, items[i : i + chunksize], star)
             for i in range(0, len(items), chunksize)
         ]
-        return _chunk_results(futures, deadline)
+        results = _chunk_results(futures, deadline)
+        return self._with_progress(results, len(items)) if progress else results
+
+    def imap(
+        self,
+        fn: Callable[[Any], T],
+        iterable: Iterable[Any],
+        *,
+        ordered: bool = True,
+        prefetch: int | None = None,
+        key: Callable[[Any], Hashable] | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """Apply ``fn`` to each item lazily, with at most ``prefetch`` items outstanding.
+
+        Items are pulled from ``iterable`` only as results are consumed, so at most
+        ``prefetch`` (default ``2 * workers``) items are running, queued or waiting to be
+        consumed, even behind one slow item: memory stays bounded for endless inputs.
+        ``ordered=False`` yields results as they complete. ``key(item)`` pins items to
+        workers as ``submit(key=)`` does. An item's exception is raised at its position, and
+        the items not yet started are cancelled.
+        """
+        prefetch = 2 * self._workers if prefetch is None else prefetch
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+
+        def submit(item: Any) -> Future[T]:
+            return self.submit(fn, item, key=None if key is None else key(item))
+
+        results = bounded_results(submit, iter(iterable), prefetch, ordered)
+        if not progress:
+            return results
+        total = len(iterable) if isinstance(iterable, Sized) else None
+        return self._with_progress(results, total)
+
+    def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
+        from memwise.progress import track
+
+        return track(results, total, lambda: self._supervisor.counts["restarts"])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting tasks; let queued ones finish unless ``cancel_futures``.
@@ -171,9 +257,15 @@ class WorkerPool(Executor):
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
     def stats(self) -> dict[str, Any]:
-        """Totals since the pool started (submitted, done, failed, restarts, timeouts) and,
-        under ``"slots"``, one row per worker slot: pid, state, running task, tasks done."""
-        return {**self._supervisor.counts, "slots": self._supervisor.slots()}
+        """What the pool is doing and has done.
+
+        Totals: ``submitted``, ``queued``, ``running``, ``done``, ``failed``, ``cancelled``,
+        ``restarts`` (unexpected deaths), ``timeouts``, ``recycles`` (by reason) and
+        ``workers`` (live processes). ``slots``: one row per worker slot with ``pid``,
+        ``state``, ``key`` (of its current or last task), ``tasks_done`` (by its current
+        process), ``private`` and ``rss`` memory in bytes, ``restarts`` and ``recycles``.
+        """
+        return self._supervisor.snapshot()
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:

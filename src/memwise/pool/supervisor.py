@@ -1,53 +1,37 @@
 """The supervisor: the one thread that owns every worker process of a pool.
 
-User threads never touch a worker. They append commands to ``_incoming`` and poke a wake-up
-pipe; the supervisor waits on that pipe, on every worker's connection and process sentinel,
-and on the nearest deadline, and does all the rest: start workers, dispatch tasks, collect
-results, notice deaths, enforce timeouts, restart. Having a single owner is what makes crash
-handling tractable: every case below runs on one thread, in order, with no locks held.
-
-Crash handling, case by case (cf. loky):
-
-- a worker dies while running a task: that task fails with ``WorkerCrashed`` (or is re-run
-  when ``retries`` allows); tasks queued behind it on the same worker never started, so they
-  go back to the front of the queue untouched; a replacement worker starts in its slot.
-- a task overruns its timeout: its worker is killed; the task fails with ``TaskTimeout``.
-- a worker fails or hangs in its initializer: during start-up this raises ``WorkerInitError``
-  from the pool's constructor; later it counts as a failed start.
-- workers keep dying without any task succeeding (5 within 10 s): the pool is broken; every
-  pending future fails with one ``BrokenPool`` rather than the pool respawning forever.
+User threads never touch a worker (one narrow, locked exception: ``_send_direct_locked``).
+They append tasks to ``_incoming`` and poke a wake-up pipe; the supervisor waits on that pipe,
+on every worker's connection and process sentinel, and on the nearest deadline, and does all
+the rest: start workers, dispatch tasks, collect results, notice deaths, enforce timeouts,
+recycle, restart. Having a single owner is what makes crash handling tractable: every case
+runs on one thread, in order. The cases themselves live in :mod:`memwise.pool.deaths`.
 """
 
 from __future__ import annotations
 
-import enum
-import math
 import os
 import pickle
 import selectors
-import signal
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from memwise import _channel, _wire
-from memwise.errors import (
-    BrokenPool,
-    SerializationError,
-    TaskTimeout,
-    WorkerCrashed,
-    WorkerInitError,
-)
+from memwise import _wire
+from memwise.errors import BrokenPool, SerializationError, WorkerInitError
+from memwise.memory import private_memory
+from memwise.pool import deaths
 from memwise.pool import worker as _worker_module
 from memwise.pool.context import get_context
+from memwise.pool.handle import State, Worker
+from memwise.pool.policies import Recycle
+from memwise.pool.queue import TaskQueue
 from memwise.pool.task import Task
 
-STORM_DEATHS = 5
-STORM_SECONDS = 10.0
-STOP_GRACE_SECONDS = 5.0
 # Tasks are pipelined (sent before the worker is free) only while the typical task is short,
 # so that long tasks are never stuck behind each other on one worker while another is idle.
 PIPELINE_SECONDS = 0.002
@@ -59,58 +43,15 @@ PIPELINE_BYTES = 16 * 1024
 
 @dataclass(frozen=True)
 class PoolConfig:
-    workers: int
+    max_workers: int
+    min_workers: int
     init_payload: bytes | None
     init_timeout: float
     retries: int
     start_method: str | None
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-
-
-class Worker:
-    """The supervisor's record of one worker process in one slot."""
-
-    def __init__(self, slot: int, process: Any, conn: Any, alive: Any) -> None:
-        self.slot = slot
-        self.process = process
-        self.conn = conn
-        self.channel = _channel.channel(conn)
-        self.alive = alive
-        self.pid: int = process.pid
-        self.state = State.STARTING
-        self.since = time.monotonic()
-        self.outstanding: deque[Task] = deque()
-        self.busy_since = 0.0
-        self.kill_reason: str | None = None
-        self.init_error: BaseException | None = None
-        self.tasks_done = 0
-
-    def deadline(self, init_timeout: float) -> float | None:
-        if self.kill_reason is not None:
-            return None
-        if self.state is State.STARTING:
-            return self.since + init_timeout
-        if self.state is State.STOPPING:
-            return self.since + STOP_GRACE_SECONDS
-        if self.outstanding and self.outstanding[0].timeout is not None:
-            return self.busy_since + self.outstanding[0].timeout
-        return None
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "an unknown status"
-    if exitcode < 0:
-        try:
-            return f"signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"signal {-exitcode}"
-    return f"exit code {exitcode}"
+    recycle: Recycle = field(default_factory=Recycle)
+    max_restarts: int | None = None
+    trim: bool = False
 
 
 class Supervisor:
@@ -120,53 +61,64 @@ class Supervisor:
         self.config = config
         self._ctx = get_context(config.start_method)
         self._lock = threading.Lock()
+        # Guarded by _lock: what user threads hand over, and READY workers with nothing to do
+        # lent to submitting threads by slot (see _send_direct_locked).
         self._incoming: deque[Task] = deque()
-        # READY workers with nothing to do, lent to submitting threads (see _send_direct_locked).
-        self._idle: list[Worker] = []
+        self._idle: dict[int, Worker] = {}
+        # The newest queued task of each coalesce tag (latest wins).
+        self._latest: dict[Hashable, Task] = {}
         self._poked = False
         self._closing = False
         self._cancel_queued = False
-        self._broken: BaseException | None = None
+        self.broken: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self._queue: deque[Task] = deque()
-        self._workers: dict[int, Worker] = {}
-        self._failures: deque[float] = deque()
+        self.queue = TaskQueue()
+        self.workers: dict[int, Worker] = {}
+        self.retiring: list[Worker] = []
+        self.failures: deque[float] = deque()
         self._service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
-        self._started = threading.Event()
-        self._startup_error: BaseException | None = None
-        self.counts = {"submitted": 0, "done": 0, "failed": 0, "restarts": 0, "timeouts": 0}
+        self._next_poll = 0.0
+        self.started = threading.Event()
+        self.startup_error: BaseException | None = None
+        self.counts: dict[str, int] = Counter(
+            submitted=0, done=0, failed=0, cancelled=0, restarts=0, timeouts=0
+        )
+        self.recycles: Counter[str] = Counter()
+        self.slot_restarts: Counter[int] = Counter()
+        self.slot_recycles: dict[int, Counter[str]] = {}
         self._thread = threading.Thread(target=self._run, name="memwise-supervisor", daemon=True)
 
     # ----- called from user threads -------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers and wait until all are ready; raise if any fails to initialize."""
+        """Start the supervisor; wait until ``min_workers`` are ready or one fails to start."""
         self._thread.start()
-        self._started.wait()
-        if self._startup_error is not None:
+        self.started.wait()
+        if self.startup_error is not None:
             self._thread.join()
-            raise self._startup_error
+            raise self.startup_error
 
     def submit(self, task: Task) -> None:
         with self._lock:
-            if self._broken is not None:
-                raise BrokenPool(f"the pool is broken and accepts no tasks: {self._broken}")
+            if self.broken is not None:
+                raise BrokenPool(
+                    f"the pool is broken and accepts no tasks: {self.broken}"
+                ) from self.broken
             if self._closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.counts["submitted"] += 1
-            if self._idle and not self._incoming:
-                self._send_direct_locked(task)
+            if self._idle and not self._incoming and self._send_direct_locked(task):
                 return
             self._incoming.append(task)
             self._poke_locked()
 
-    def _send_direct_locked(self, task: Task) -> None:
-        """Hand ``task`` straight to an idle worker from the submitting thread.
+    def _send_direct_locked(self, task: Task) -> bool:
+        """Hand ``task`` straight to an idle worker from the submitting thread, if one fits.
 
         This is the one exception to "only the supervisor touches workers", and it is narrow:
         the supervisor lends idle workers by listing them in ``_idle`` (only while its queue
@@ -174,16 +126,23 @@ class Supervisor:
         uses, stops or forgets them. Skipping the hop to the supervisor thread halves the
         latency of a lone call, which is what interactive callers wait for.
         """
-        worker = self._idle.pop()
-        task.claimed = task.future.set_running_or_notify_cancel()
+        if task.slot is None:
+            worker = self._idle.pop(next(iter(self._idle)))
+        else:
+            candidate = self._idle.get(task.slot)
+            if candidate is None or self._key_change(candidate, task.key):
+                return False
+            worker = self._idle.pop(task.slot)
+        task.claim()
         worker.busy_since = time.monotonic()
         worker.outstanding.append(task)
         try:
             worker.channel.send(pickle.dumps(("run", [(task.id, task.payload)]), _wire.PROTOCOL))
         except OSError:
             pass  # the worker died; the supervisor re-queues or fails the task with the others
-        if task.timeout is not None:
-            self._poke_locked()  # the supervisor must start watching the deadline
+        if task.timeout is not None or self.config.recycle.hard_memory is not None:
+            self._poke_locked()  # the supervisor must start watching this task
+        return True
 
     def close(self, cancel_futures: bool) -> None:
         with self._lock:
@@ -195,28 +154,48 @@ class Supervisor:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    @property
-    def broken(self) -> BaseException | None:
-        return self._broken
+    def snapshot(self) -> dict[str, Any]:
+        """Totals and one row per slot, readable from any thread (possibly a moment stale)."""
+        from memwise.memory import usage
 
-    def slots(self) -> list[dict[str, Any]]:
-        """A snapshot of every worker slot, readable from any thread.
-
-        Values are read without the supervisor's cooperation, so they may be a moment stale.
-        """
-        rows = []
-        for worker in sorted(list(self._workers.values()), key=lambda w: w.slot):
-            outstanding = list(worker.outstanding)
-            rows.append(
-                {
-                    "slot": worker.slot,
-                    "pid": worker.pid,
-                    "state": "busy" if outstanding else worker.state.value,
-                    "task": str(outstanding[0]) if outstanding else None,
-                    "tasks_done": worker.tasks_done,
-                }
-            )
-        return rows
+        workers = dict(self.workers)
+        slots = []
+        for slot in range(self.config.max_workers):
+            worker = workers.get(slot)
+            row: dict[str, Any] = {
+                "slot": slot,
+                "pid": None,
+                "state": "stopped",
+                "key": None,
+                "tasks_done": 0,
+                "private": None,
+                "rss": None,
+                "restarts": self.slot_restarts[slot],
+                "recycles": dict(self.slot_recycles.get(slot, {})),
+            }
+            if worker is not None:
+                outstanding = list(worker.outstanding)
+                row.update(
+                    pid=worker.pid,
+                    state="busy" if outstanding else worker.state.value,
+                    key=outstanding[0].key if outstanding else worker.last_key,
+                    tasks_done=worker.tasks_done,
+                )
+                try:
+                    measured = usage(worker.pid, pss=False)
+                    row.update(private=measured.private, rss=measured.rss)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            slots.append(row)
+        running = sum(len(w.outstanding) for w in [*workers.values(), *list(self.retiring)])
+        return {
+            **self.counts,
+            "queued": len(self._incoming) + len(self.queue),
+            "running": running,
+            "workers": len(workers),
+            "recycles": dict(self.recycles),
+            "slots": slots,
+        }
 
     def _poke_locked(self) -> None:
         # One byte in the pipe is enough to wake the supervisor; skipping the write while one
@@ -225,37 +204,41 @@ class Supervisor:
             self._poked = True
             try:
                 os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
+            except OSError:
                 pass
 
-    # ----- the supervisor thread -------------------------------------------------------------
+    # ----- the supervisor thread ---------------------------------------------------------
 
     def _run(self) -> None:
         try:
+            if self.config.min_workers == 0:
+                self.started.set()
             self._ensure_workers()
+            timeout = self._enforce_deadlines()
             while not self._finished():
-                timeout = self._next_timeout()
                 for key, _events in self._selector.select(timeout):
                     key.data()
-                self._enforce_deadlines()
-                self._ensure_workers()
                 self._dispatch()
+                self._ensure_workers()
+                timeout = self._enforce_deadlines()
                 self._resolve()
         except BaseException as exc:
-            self._break(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
+            self.break_pool(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
         finally:
             self._resolve()
             self._cleanup()
 
     def _finished(self) -> bool:
-        if self._broken is not None:
-            return not self._workers
-        if not self._closing or self._queue or self._incoming:
+        if self.broken is not None:
+            return not self.workers and not self.retiring
+        if not self._closing or self.queue or self._incoming:
             return False
-        if any(w.outstanding for w in self._workers.values()):
+        everyone = [*self.workers.values(), *self.retiring]
+        if any(w.outstanding for w in everyone):
             return False
-        self._stop_idle_workers()
-        return not self._workers
+        for worker in everyone:
+            self.stop(worker)
+        return not self.workers and not self.retiring
 
     def _on_wake(self) -> None:
         with self._lock:
@@ -267,34 +250,71 @@ class Supervisor:
                 pass
             if self._incoming:
                 self._idle.clear()
-                self._queue.extend(self._incoming)
-                self._incoming.clear()
+            incoming = list(self._incoming)
+            self._incoming.clear()
             cancel, self._cancel_queued = self._cancel_queued, False
+        for task in incoming:
+            if task.coalesce is not None:
+                self._coalesce(task)
+            self.queue.push(task)
         if cancel:
-            for task in self._queue:
-                task.future.cancel()
-            self._queue.clear()
-        self._dispatch()
+            for task in self.queue.drain():
+                self._drop(task)
 
-    # ----- workers -------------------------------------------------------------------------
+    def _coalesce(self, task: Task) -> None:
+        """Latest wins: drop the queued task with the same tag, if it has not started."""
+        previous = self._latest.get(task.coalesce)
+        if previous is not None:
+            self._drop(previous)
+        self._latest[task.coalesce] = task
+
+    def _drop(self, task: Task) -> None:
+        if task.drop():
+            self.counts["cancelled"] += 1
+
+    def _resolve(self) -> None:
+        """Set the results collected in this round, last thing before waiting again.
+
+        A woken caller needs the GIL, which this thread holds until it blocks in ``select``;
+        resolving last keeps the bookkeeping of the round out of the caller's latency.
+        """
+        results, self._results = self._results, []
+        for future, value in results:
+            future.set_result(value)
+
+    # ----- workers -----------------------------------------------------------------------
 
     def _ensure_workers(self) -> None:
-        if self._broken is not None or (self._closing and not self._queue):
+        """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
+        if self.broken is not None or (self._closing and not self.queue):
             return
-        for slot in range(self.config.workers):
-            if slot not in self._workers:
-                try:
-                    self._start_worker(slot)
-                except OSError as exc:
-                    self._note_failure(WorkerInitError(f"could not start a worker: {exc}"))
-                    return
+        wanted = set(range(self.config.min_workers)) | self.queue.waiting_slots()
+        spare = sum(
+            1
+            for w in self.workers.values()
+            if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
+        )
+        need = self.queue.general_count() - spare
+        for slot in range(self.config.max_workers):
+            if need <= 0:
+                break
+            if slot not in self.workers and slot not in wanted:
+                wanted.add(slot)
+                need -= 1
+        for slot in sorted(wanted - self.workers.keys()):
+            try:
+                self._start_worker(slot)
+            except OSError as exc:
+                deaths.note_failure(self, WorkerInitError(f"could not start a worker: {exc}"))
+                return
 
     def _start_worker(self, slot: int) -> None:
         conn, child_conn = self._ctx.Pipe(duplex=True)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
+        started = self._ctx.RawValue("q", 0)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_module.main,
-            args=(child_conn, alive_r),
+            args=(child_conn, alive_r, started),
             name=f"memwise-worker-{slot}",
         )
         try:
@@ -302,58 +322,126 @@ class Supervisor:
         finally:
             child_conn.close()
             alive_r.close()
-        worker = Worker(slot, process, conn, alive_w)
-        self._workers[slot] = worker
+        worker = Worker(slot, process, conn, alive_w, started)
+        self.workers[slot] = worker
         self._selector.register(conn, selectors.EVENT_READ, lambda: self._on_readable(worker))
         self._selector.register(
-            process.sentinel, selectors.EVENT_READ, lambda: self._on_exit(worker)
+            process.sentinel, selectors.EVENT_READ, lambda: deaths.on_exit(self, worker)
         )
+        options = {
+            "report_memory": self.config.recycle.needs_memory_reports,
+            "trim": self.config.trim,
+        }
         try:
-            worker.channel.send(pickle.dumps(("init", self.config.init_payload), _wire.PROTOCOL))
+            worker.channel.send(
+                pickle.dumps(("init", self.config.init_payload, options), _wire.PROTOCOL)
+            )
         except OSError:
             pass  # it died already; its sentinel will say how
 
-    def _stop_idle_workers(self) -> None:
-        for worker in self._workers.values():
-            if worker.state is State.READY and not worker.outstanding:
-                worker.state = State.STOPPING
-                worker.since = time.monotonic()
-                try:
-                    worker.channel.send(pickle.dumps(("stop",), _wire.PROTOCOL))
-                except OSError:
-                    pass
+    def retire(self, worker: Worker, reason: str) -> None:
+        """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
+        self.recycles[reason] += 1
+        self.slot_recycles.setdefault(worker.slot, Counter())[reason] += 1
+        worker.retiring = True
+        if self.workers.get(worker.slot) is worker:
+            del self.workers[worker.slot]
+        self.retiring.append(worker)
+        if not worker.outstanding:
+            self.stop(worker)
 
-    def _kill(self, worker: Worker, reason: str) -> None:
+    def stop(self, worker: Worker) -> None:
+        if worker.state is State.STOPPING or worker.outstanding:
+            return
+        worker.state = State.STOPPING
+        worker.since = time.monotonic()
+        try:
+            worker.channel.send(pickle.dumps(("stop",), _wire.PROTOCOL))
+        except OSError:
+            pass
+
+    def kill(self, worker: Worker, reason: str) -> None:
         worker.kill_reason = reason
         try:
             worker.process.kill()
         except (OSError, ValueError):
             pass
 
-    def _enforce_deadlines(self) -> None:
+    def forget(self, worker: Worker) -> None:
+        for fileobj in (worker.conn, worker.process.sentinel):
+            try:
+                self._selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                pass
+        worker.conn.close()
+        worker.alive.close()
+        worker.process.close()
+        if self.workers.get(worker.slot) is worker:
+            del self.workers[worker.slot]
+        elif worker in self.retiring:
+            self.retiring.remove(worker)
+
+    def reclaim_lent_workers(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+    def _enforce_deadlines(self) -> float | None:
+        """Act on overdue workers; return the seconds until the next deadline (or None)."""
         now = time.monotonic()
-        for worker in list(self._workers.values()):
-            deadline = worker.deadline(self.config.init_timeout)
-            if deadline is None or deadline > now:
-                continue
-            if worker.state is State.STARTING:
-                worker.init_error = WorkerInitError(
-                    f"the worker initializer did not finish within init_timeout="
-                    f"{self.config.init_timeout} s (pid {worker.pid}); it was killed"
-                )
-            self._kill(worker, "timeout" if worker.state is State.READY else "stuck")
+        nearest: float | None = None
+        for worker in [*self.workers.values(), *self.retiring]:
+            deadline = worker.deadline(self.config.init_timeout, self._idle_limit(worker))
+            if deadline is not None and deadline <= now:
+                self._on_deadline(worker)
+            elif deadline is not None and (nearest is None or deadline < nearest):
+                nearest = deadline
+        if self.config.recycle.hard_memory is not None and any(
+            w.outstanding for w in self.workers.values()
+        ):
+            if now >= self._next_poll:
+                self._check_hard_memory()
+                self._next_poll = now + self.config.recycle.poll
+            nearest = self._next_poll if nearest is None else min(nearest, self._next_poll)
+        return None if nearest is None else max(0.0, nearest - now)
 
-    def _next_timeout(self) -> float | None:
-        deadlines = [
-            d
-            for d in (w.deadline(self.config.init_timeout) for w in self._workers.values())
-            if d is not None
-        ]
-        if not deadlines:
+    def _idle_limit(self, worker: Worker) -> float | None:
+        idle = self.config.recycle.idle
+        # A fresh worker inside the minimum would only be replaced by another fresh one.
+        if idle is None or (worker.tasks_done == 0 and worker.slot < self.config.min_workers):
             return None
-        return max(0.0, min(deadlines) - time.monotonic())
+        return idle
 
-    # ----- messages ------------------------------------------------------------------------
+    def _on_deadline(self, worker: Worker) -> None:
+        if worker.state is State.STARTING:
+            worker.init_error = WorkerInitError(
+                f"the worker initializer did not finish within init_timeout="
+                f"{self.config.init_timeout} s (pid {worker.pid}); it was killed"
+            )
+            self.kill(worker, "init timeout")
+        elif worker.state is State.STOPPING:
+            self.kill(worker, "stop timeout")
+        elif worker.outstanding:
+            self.kill(worker, "timeout")
+        else:
+            self.reclaim_lent_workers()
+            self.retire(worker, "idle")
+
+    def _check_hard_memory(self) -> None:
+        limit = self.config.recycle.hard_memory_bytes
+        assert limit is not None
+        for worker in list(self.workers.values()):
+            if not worker.outstanding or worker.kill_reason is not None:
+                continue
+            try:
+                worker.private = private_memory(worker.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+            if worker.private > limit:
+                self.recycles["hard_memory"] += 1
+                self.slot_recycles.setdefault(worker.slot, Counter())["hard_memory"] += 1
+                self.kill(worker, "memory")
+
+    # ----- messages ----------------------------------------------------------------------
 
     def _on_readable(self, worker: Worker) -> None:
         try:
@@ -363,19 +451,16 @@ class Supervisor:
             self._selector.unregister(worker.conn)
             return
         for data in messages:
-            self._on_message(worker, pickle.loads(data))
+            self.on_message(worker, pickle.loads(data))
 
-    def _on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
+    def on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "done":
             self._on_done(worker, *message[1:])
         elif kind == "ready":
             worker.state = State.READY
-            worker.since = time.monotonic()
-            if len(self._workers) == self.config.workers and all(
-                w.state is not State.STARTING for w in self._workers.values()
-            ):
-                self._started.set()
+            worker.since = worker.idle_since = time.monotonic()
+            self._check_started()
         elif kind == "init_error":
             cause = _wire.load_exception(message[1])
             error = WorkerInitError(
@@ -385,17 +470,42 @@ class Supervisor:
             error.__cause__ = cause
             worker.init_error = error
 
+    def _check_started(self) -> None:
+        ready = sum(1 for w in self.workers.values() if w.state is State.READY)
+        if ready >= self.config.min_workers:
+            self.started.set()
+
     def _on_done(
-        self, worker: Worker, task_id: int, status: int, payload: bytes, seconds: float
+        self,
+        worker: Worker,
+        task_id: int,
+        status: int,
+        payload: bytes,
+        seconds: float,
+        private: int | None,
     ) -> None:
         task = worker.outstanding.popleft()
         assert task.id == task_id, "worker results arrived out of order"
-        worker.busy_since = time.monotonic()
+        now = time.monotonic()
+        worker.busy_since = now
         worker.tasks_done += 1
+        worker.private = private
+        if not worker.outstanding:
+            worker.idle_since = now
         self._service_time = (
             seconds if self._service_time is None else 0.8 * self._service_time + 0.2 * seconds
         )
-        self._failures.clear()
+        self.failures.clear()
+        self._complete(task, status, payload)
+        if not worker.retiring:
+            reason = self.config.recycle.after_task(worker.tasks_done, private)
+            if reason is not None:
+                self.reclaim_lent_workers()
+                self.retire(worker, reason)
+        elif not worker.outstanding:
+            self.stop(worker)
+
+    def _complete(self, task: Task, status: int, payload: bytes) -> None:
         try:
             if status == _worker_module.OK:
                 value = _wire.loads(payload, lambda: f"the result of {task}")
@@ -410,177 +520,92 @@ class Supervisor:
             self.counts["failed"] += 1
             task.future.set_exception(error)
 
-    def _resolve(self) -> None:
-        """Set the results collected in this round, last thing before waiting again.
-
-        A woken caller needs the GIL, which this thread holds until it blocks in ``select``;
-        resolving last keeps the bookkeeping of the round out of the caller's latency.
-        """
-        results, self._results = self._results, []
-        for future, value in results:
-            future.set_result(value)
-
-    # ----- deaths --------------------------------------------------------------------------
-
-    def _on_exit(self, worker: Worker) -> None:
-        with self._lock:
-            self._idle.clear()  # take lent workers back before re-queueing or closing anything
-        for data in worker.channel.drain():  # results sent just before dying still count
-            self._on_message(worker, pickle.loads(data))
-        worker.process.join(1.0)
-        exitcode = worker.process.exitcode
-        self._forget(worker)
-        if worker.state is State.STOPPING or self._broken is not None:
-            return
-        self.counts["restarts"] += 1
-        if worker.state is State.STARTING:
-            self._on_start_failure(worker, exitcode)
-        elif worker.outstanding:
-            self._on_task_death(worker, exitcode)
-        else:
-            self._note_failure(
-                WorkerCrashed(
-                    f"an idle worker (pid {worker.pid}) died with {describe_exit(exitcode)}",
-                    worker.pid,
-                    exitcode,
-                )
-            )
-
-    def _forget(self, worker: Worker) -> None:
-        for fileobj in (worker.conn, worker.process.sentinel):
-            try:
-                self._selector.unregister(fileobj)
-            except (KeyError, ValueError):
-                pass
-        worker.conn.close()
-        worker.alive.close()
-        worker.process.close()
-        del self._workers[worker.slot]
-
-    def _on_start_failure(self, worker: Worker, exitcode: int | None) -> None:
-        error = worker.init_error or WorkerInitError(
-            f"a worker (pid {worker.pid}) died with {describe_exit(exitcode)} before its "
-            "initializer finished"
-        )
-        if not self._started.is_set():
-            self._startup_error = error
-            self._break(error, cause=error.__cause__)
-        else:
-            self._note_failure(error)
-
-    def _on_task_death(self, worker: Worker, exitcode: int | None) -> None:
-        running, *waiting = worker.outstanding
-        # Tasks pipelined behind the running one never started: they go back, in order.
-        self._queue.extendleft(reversed(waiting))
-        if worker.kill_reason == "timeout":
-            self.counts["timeouts"] += 1
-            self.counts["failed"] += 1
-            running.future.set_exception(
-                TaskTimeout(
-                    f"{running} ran longer than its timeout of {running.timeout} s; its worker "
-                    f"(pid {worker.pid}) was killed and replaced"
-                )
-            )
-            return
-        running.attempts += 1
-        if running.attempts <= self.config.retries:
-            self._queue.appendleft(running)
-            return
-        self.counts["failed"] += 1
-        running.future.set_exception(
-            WorkerCrashed(
-                f"the worker (pid {worker.pid}) running {running} died with "
-                f"{describe_exit(exitcode)}; tried {running.attempts} time(s) "
-                f"(retries={self.config.retries}); other tasks are unaffected",
-                worker.pid,
-                exitcode,
-                str(running),
-            )
-        )
-
-    def _note_failure(self, error: BaseException) -> None:
-        now = time.monotonic()
-        self._failures.append(now)
-        while self._failures and self._failures[0] < now - STORM_SECONDS:
-            self._failures.popleft()
-        if len(self._failures) >= STORM_DEATHS:
-            self._break(
-                BrokenPool(
-                    f"{len(self._failures)} workers died within {STORM_SECONDS:.0f} s without "
-                    f"completing a task; the last: {error}. Fix the cause and create a new pool"
-                ),
-                cause=error,
-            )
-
-    def _break(self, error: BaseException, cause: BaseException | None) -> None:
+    def break_pool(self, error: BaseException, cause: BaseException | None) -> None:
+        """Fail everything pending with ``error`` and kill every worker."""
         if cause is not None and error is not cause:
             error.__cause__ = cause
         with self._lock:
-            if self._broken is not None:
+            if self.broken is not None:
                 return
-            self._broken = error
+            self.broken = error
             self._idle.clear()
-            pending = list(self._incoming) + list(self._queue)
+            pending = list(self._incoming) + self.queue.drain()
             self._incoming.clear()
-        self._queue.clear()
-        for worker in self._workers.values():
+        for worker in [*self.workers.values(), *self.retiring]:
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
-            self._kill(worker, "broken")
+            self.kill(worker, "broken")
         for task in pending:
             if not task.future.done():
                 task.future.set_exception(error)
-        self._started.set()
+        self.started.set()
 
-    # ----- dispatch ------------------------------------------------------------------------
+    # ----- dispatch ----------------------------------------------------------------------
 
     def _pipeline_depth(self) -> int:
-        if self._service_time is None:
+        if self._service_time is None or self.config.recycle.limits_pipelining:
             return 1
-        return max(
-            1, min(MAX_PIPELINE_DEPTH, int(PIPELINE_SECONDS / max(self._service_time, 1e-6)))
-        )
+        depth = int(PIPELINE_SECONDS / max(self._service_time, 1e-6))
+        return max(1, min(MAX_PIPELINE_DEPTH, depth))
 
     def _dispatch(self) -> None:
-        with self._lock:
-            self._idle.clear()
-        if self._broken is not None:
+        """Hand queued tasks to READY workers, round-robin, then lend out the idle ones."""
+        self.reclaim_lent_workers()
+        if self.broken is not None:
             return
-        ready = [w for w in self._workers.values() if w.state is State.READY]
-        self._assign(ready)
-        if not self._queue and not self._closing:
+        ready = [w for w in self.workers.values() if w.state is State.READY]
+        if self.queue:
+            depth = self._pipeline_depth()
+            batches: dict[Worker, list[Task]] = {w: [] for w in ready}
+            progress = True
+            while progress and self.queue:
+                progress = False
+                for worker, batch in batches.items():
+                    if not self._has_room(worker, batch, depth):
+                        continue
+                    task = self._next_for(worker, batch)
+                    if task is not None:
+                        batch.append(task)
+                        progress = True
+            for worker, batch in batches.items():
+                if batch:
+                    self._send(worker, batch)
+        if not self.queue and not self._closing:
             with self._lock:
-                self._idle = [w for w in ready if not w.outstanding]
+                self._idle = {w.slot: w for w in ready if not w.outstanding and not w.retiring}
 
-    def _assign(self, ready: list[Worker]) -> None:
-        if not self._queue:
-            return
-        ready.sort(key=lambda w: len(w.outstanding))
-        depth = self._pipeline_depth()
-        for index, worker in enumerate(ready):
-            room = depth - len(worker.outstanding)
-            if room <= 0:
-                break
-            share = math.ceil(len(self._queue) / (len(ready) - index))
-            batch = self._take(min(room, share), idle=not worker.outstanding)
-            if batch:
-                self._send(worker, batch)
-            if not self._queue:
-                return
+    def _has_room(self, worker: Worker, batch: list[Task], depth: int) -> bool:
+        if worker.retiring or len(worker.outstanding) + len(batch) >= depth:
+            return False
+        # A task running much longer than usual may run for a long time yet: queueing work
+        # behind it would keep that work waiting while other workers are free.
+        return not worker.outstanding or time.monotonic() - worker.busy_since < PIPELINE_SECONDS
 
-    def _take(self, count: int, idle: bool) -> list[Task]:
-        batch: list[Task] = []
-        size = 0
-        while self._queue and len(batch) < count:
-            task = self._queue[0]
-            size += len(task.payload)
-            if size > PIPELINE_BYTES and (batch or not idle):
-                break
-            self._queue.popleft()
-            if task.claimed or task.future.set_running_or_notify_cancel():
-                task.claimed = True
-                batch.append(task)
-        return batch
+    def _next_for(self, worker: Worker, batch: list[Task]) -> Task | None:
+        busy = bool(worker.outstanding or batch)
+        while True:
+            keyed, key = self.queue.peek_key(worker.slot)
+            if keyed and self._key_change(worker, key, batch):
+                if not busy:
+                    self.retire(worker, "key")
+                return None
+            task = self.queue.pop_for(worker.slot)
+            if task is None:
+                return None
+            if busy and len(task.payload) + sum(len(t.payload) for t in batch) > PIPELINE_BYTES:
+                self.queue.push_back([task])
+                return None
+            if task.claim():
+                if task.coalesce is not None and self._latest.get(task.coalesce) is task:
+                    del self._latest[task.coalesce]
+                return task
+
+    def _key_change(self, worker: Worker, key: Hashable, batch: Sequence[Task] = ()) -> bool:
+        if not self.config.recycle.on_key_change:
+            return False
+        keys = [t.key for t in (*worker.outstanding, *batch) if t.key is not None]
+        last = keys[-1] if keys else worker.last_key
+        return last is not None and key is not None and key != last
 
     def _send(self, worker: Worker, batch: list[Task]) -> None:
         if not worker.outstanding:
@@ -590,18 +615,21 @@ class Supervisor:
             worker.channel.send(message)
         except OSError:
             # The worker died before it could read: nothing ran, so nothing counts as tried.
-            self._queue.extendleft(reversed(batch))
+            self.queue.push_back(batch)
             return
         worker.outstanding.extend(batch)
+        keys = [t.key for t in batch if t.key is not None]
+        if keys:
+            worker.last_key = keys[-1]
 
-    # ----- the end -------------------------------------------------------------------------
+    # ----- the end -----------------------------------------------------------------------
 
     def _cleanup(self) -> None:
-        for worker in list(self._workers.values()):
-            self._kill(worker, "cleanup")
+        for worker in [*self.workers.values(), *self.retiring]:
+            self.kill(worker, "cleanup")
             worker.process.join(5.0)
-            self._forget(worker)
+            self.forget(worker)
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
-        self._started.set()
+        self.started.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Hashable
 from concurrent.futures import Future
 from typing import Any
 
@@ -17,21 +18,75 @@ class Task:
     ``attempts`` counts how many times a worker died while running it, so that ``retries``
     can bound re-runs; tasks that were merely queued behind it on a dead worker don't count.
     ``claimed`` is set once the future is marked running, which may happen only once even if
-    the task is re-queued.
+    the task is re-queued. ``slot`` is the worker slot a keyed task is pinned to.
     """
 
-    __slots__ = ("attempts", "claimed", "fn", "future", "id", "payload", "timeout")
+    __slots__ = (
+        "attempts",
+        "claimed",
+        "coalesce",
+        "dropped",
+        "fn",
+        "future",
+        "id",
+        "key",
+        "payload",
+        "priority",
+        "seq",
+        "slot",
+        "timeout",
+    )
 
     def __init__(
-        self, future: Future[Any], payload: bytes, fn: Any, timeout: float | None = None
+        self,
+        future: Future[Any],
+        payload: bytes,
+        fn: Any,
+        timeout: float | None = None,
+        *,
+        key: Hashable = None,
+        slot: int | None = None,
+        priority: int = 0,
+        coalesce: Hashable = None,
     ) -> None:
         self.future = future
         self.payload = payload
         self.fn = fn
         self.timeout = timeout
+        self.key = key
+        self.slot = slot
+        self.priority = priority
+        self.coalesce = coalesce
         self.id = next(_ids)
+        self.seq = -1  # submission order, set when first queued
         self.attempts = 0
         self.claimed = False
+        self.dropped = False
+
+    def claim(self) -> bool:
+        """Mark the future running before sending the task; False if it was cancelled.
+
+        Supervisor thread only (or a submitting thread holding a future nobody else has).
+        """
+        if self.dropped:
+            return False
+        if not self.claimed:
+            self.claimed = self.future.set_running_or_notify_cancel()
+        return self.claimed
+
+    def drop(self) -> bool:
+        """Cancel a queued task for good; True if it had not started. Supervisor thread only.
+
+        The future is also notified, so ``wait()`` and ``as_completed()`` see it at once
+        instead of when the task would have reached the head of the queue.
+        """
+        if self.dropped or self.claimed:
+            return False
+        self.dropped = True
+        if self.future.cancel():
+            self.future.set_running_or_notify_cancel()
+            return True
+        return False
 
     def __str__(self) -> str:
         return f"task {self.id} ({_wire.describe(self.fn)})"

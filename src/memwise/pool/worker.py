@@ -5,13 +5,13 @@ memwise's light modules: a fork from the server then starts a worker in a few mi
 
 Protocol (each message one pickled tuple on the duplex pipe):
 
-parent → worker: ``("init", payload)`` once, then ``("run", [(task_id, payload), ...])`` any
-number of times, then ``("stop",)``. The tasks of one ``run`` message and of successive ones
-are executed strictly in order, which lets the parent know which task was running when a
-worker dies: the oldest one without a result.
+parent → worker: ``("init", payload, options)`` once, then
+``("run", [(task_id, payload), ...])`` any number of times, then ``("stop",)``. The tasks of
+one ``run`` message and of successive ones are executed strictly in order, which lets the
+parent know which task was running when a worker dies: the oldest one without a result.
 
 worker → parent: ``("ready", pid)`` or ``("init_error", exception)``, then one
-``("done", task_id, status, payload, seconds)`` per task in order.
+``("done", task_id, status, payload, seconds, private_memory_or_None)`` per task in order.
 """
 
 from __future__ import annotations
@@ -126,7 +126,20 @@ def _execute(task_id: int, payload: bytes) -> tuple[int, int, bytes, float]:
     return task_id, OK, data, seconds
 
 
-def main(conn: Any, alive: Any) -> None:
+def _after_task(options: dict[str, Any]) -> int | None:
+    """Housekeeping between tasks; returns private memory when the supervisor wants it."""
+    if options.get("trim"):
+        from memwise.memory import trim
+
+        trim()
+    if options.get("report_memory"):
+        from memwise.memory import private_memory
+
+        return private_memory()
+    return None
+
+
+def main(conn: Any, alive: Any, started: Any) -> None:
     """Entry point of a worker process."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -135,14 +148,16 @@ def main(conn: Any, alive: Any) -> None:
     inbox: deque[bytearray] = deque(channel.receive())
     while not inbox:
         inbox.extend(channel.receive())
-    kind, payload = pickle.loads(inbox.popleft())
+    kind, payload, options = pickle.loads(inbox.popleft())
     if kind != "init" or not _initialize(channel, payload):
         sys.exit(EXIT_INIT_FAILED)
     backlog: deque[tuple[int, bytes]] = deque()
     while True:
         if backlog:
             task_id, payload = backlog.popleft()
-            _send(channel, ("done", *_execute(task_id, payload)))
+            started.value = task_id
+            outcome = _execute(task_id, payload)
+            _send(channel, ("done", *outcome, _after_task(options)))
             continue
         if not inbox:
             try:

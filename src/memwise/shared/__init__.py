@@ -59,8 +59,9 @@ from memwise.shared._arrays import (
 )
 from memwise.shared._cache import attach
 from memwise.shared._names import Owner
-from memwise.shared._pool import Slot, SlotHandle, SlotPool
+from memwise.shared._pool import SlotPool
 from memwise.shared._report import SizeClassStats, SlotLeak, SlotStats
+from memwise.shared._slot import Slot, SlotHandle
 from memwise.shared._sweep import sweep_orphans
 from memwise.shared._views import borrow, find_slot, release, slot_array, take_returns
 

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import ArrayLike, DTypeLike
 
-    from memwise.shared._pool import Slot
+    from memwise.shared._slot import Slot
 
+_Order = Literal["C", "F"]
 _default: SlotPool | None = None
 _default_lock = threading.Lock()
 
@@ -63,14 +64,14 @@ def _allocate(shape: tuple[int, ...], dtype: np.dtype[Any], pool: SlotPool | Non
 
 
 def _wrap(
-    slot: Slot, shape: tuple[int, ...], dtype: np.dtype[Any], order: str, writable: bool
+    slot: Slot, shape: tuple[int, ...], dtype: np.dtype[Any], order: _Order, writable: bool
 ) -> np.ndarray:
     import numpy as np
 
     return np.ndarray(shape, dtype, buffer=slot_array(slot, writable=writable), order=order)
 
 
-def _scratch(slot: Slot, shape: tuple[int, ...], dtype: np.dtype[Any], order: str) -> np.ndarray:
+def _scratch(slot: Slot, shape: tuple[int, ...], dtype: np.dtype[Any], order: _Order) -> np.ndarray:
     """A writable, untracked view to fill a slot before it is bound (possibly read-only)."""
     import numpy as np
 
@@ -81,7 +82,7 @@ def empty(
     shape: int | tuple[int, ...],
     dtype: DTypeLike = float,
     *,
-    order: Literal["C", "F"] = "C",
+    order: _Order = "C",
     writable: bool = True,
     pool: SlotPool | None = None,
 ) -> np.ndarray:
@@ -98,7 +99,7 @@ def zeros(
     shape: int | tuple[int, ...],
     dtype: DTypeLike = float,
     *,
-    order: Literal["C", "F"] = "C",
+    order: _Order = "C",
     writable: bool = True,
     pool: SlotPool | None = None,
 ) -> np.ndarray:
@@ -121,7 +122,7 @@ def copy(array: ArrayLike, *, writable: bool = True, pool: SlotPool | None = Non
 
     source = np.asarray(array)
     checked = _shareable(source.dtype)
-    order = "F" if source.flags.f_contiguous and not source.flags.c_contiguous else "C"
+    order: _Order = "F" if source.flags.f_contiguous and not source.flags.c_contiguous else "C"
     slot = _allocate(source.shape, checked, pool)
     np.copyto(_scratch(slot, source.shape, checked, order), source, casting="no")
     return _wrap(slot, source.shape, checked, order, writable)

@@ -23,7 +23,7 @@ from memwise.shared import _segment
 from memwise.shared._segment import Segment
 
 if TYPE_CHECKING:
-    from memwise.shared._pool import SlotHandle
+    from memwise.shared._slot import SlotHandle
 
 MAX_ENTRIES = 64
 MAX_BYTES = 1 << 30

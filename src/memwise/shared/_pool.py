@@ -6,82 +6,31 @@ list when the lease is released and every borrower has returned it. Ownership mo
 processes with :meth:`SlotPool.give` and :meth:`SlotPool.adopt`. The protocol is described in the
 package docstring.
 
-Releases come from ``weakref.finalize`` callbacks too, which the garbage collector may run on any
-thread, including one already inside this pool: such a release is queued and applied when that
-thread leaves the pool (see ``_critical``), so pool state is never changed behind a running
-method.
+Releases also come from ``weakref.finalize`` callbacks, which the garbage collector may run inside
+a pool method: the pool's :class:`Guard` defers those until the method is done.
 """
 
 from __future__ import annotations
 
+import gc
 import os
-import threading
 import time
 import weakref
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Literal
 
 from memwise.errors import SharedMemoryError, SharedMemoryExhausted
 from memwise.shared import _cache, _segment
+from memwise.shared._guard import Guard
 from memwise.shared._names import Owner, current_owner, new_name
 from memwise.shared._report import SizeClassStats, SlotLeak, SlotStats, caller_site
 from memwise.shared._segment import Segment
 from memwise.shared._sizes import size_class
+from memwise.shared._slot import Entry, Slot, SlotHandle
 from memwise.shared._sweep import sweep_created_by, sweep_orphans
 
 _MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SlotHandle:
-    """What travels in a message: ``nbytes`` at ``offset`` in the segment ``name`` of ``size``."""
-
-    name: str
-    size: int
-    nbytes: int
-    offset: int = 0
-
-
-class _Entry:
-    """One segment owned by a pool, with its state."""
-
-    __slots__ = ("borrows", "generation", "leased", "nbytes", "segment", "since", "site")
-
-    def __init__(self, segment: Segment) -> None:
-        self.segment = segment
-        self.leased = False
-        self.nbytes = 0
-        self.generation = 0  # bumped per lease, so a stale Slot cannot release a newer one
-        self.borrows: dict[int, int] = {}  # pid -> outstanding loans
-        self.site = ""
-        self.since = 0.0
-
-
-class Slot:
-    """A lease of one segment: write into :attr:`buf`, send :attr:`handle`, then release.
-
-    ``buf`` is a writable memoryview of exactly ``handle.nbytes`` bytes. Release once, either
-    directly or through the array bound to the slot (``memwise.shared.release``).
-    """
-
-    __slots__ = ("__weakref__", "_entry", "_generation", "buf", "handle", "pool")
-
-    def __init__(self, pool: SlotPool, entry: _Entry, nbytes: int) -> None:
-        segment = entry.segment
-        self.pool = pool
-        self.handle = SlotHandle(segment.name, segment.size, nbytes)
-        self.buf = segment.view[:nbytes]
-        self._entry = entry
-        self._generation = entry.generation
-
-    def release(self) -> None:
-        """Give the slot back to its pool (it is reused once no borrower holds it either)."""
-        self.pool._release(self)
-
-    def __repr__(self) -> str:
-        return f"Slot({self.handle.name!r}, nbytes={self.handle.nbytes})"
 
 
 def default_cap() -> int:
@@ -92,7 +41,7 @@ def default_cap() -> int:
     return total // 2
 
 
-def _unlink_all(pid: int, entries: dict[str, _Entry], given: dict[int, set[str]]) -> None:
+def _unlink_all(pid: int, entries: dict[str, Entry], given: dict[int, set[str]]) -> None:
     # A forked child inherits the pool object but not the right to remove its segments.
     if os.getpid() != pid:
         return
@@ -105,7 +54,8 @@ class SlotPool:
 
     ``cap`` (default: :func:`default_cap`) bounds the segments the pool owns, free or in use;
     when a request does not fit, free slots of other classes are unlinked first (least recently
-    used), then the caller waits ``wait`` seconds (``math.inf``: forever) for a release before
+    used), then the garbage collector runs (arrays in reference cycles hold slots), then the
+    caller waits ``wait`` seconds (``math.inf``: forever) for a release before
     :class:`SharedMemoryExhausted`. ``owner`` names the process answering for the segments: a
     worker creating result slots for its parent passes the parent's ``pool.owner``. Starting a
     pool sweeps orphans of dead owners unless ``sweep=False``.
@@ -122,11 +72,9 @@ class SlotPool:
         self.owner = owner if owner is not None else current_owner()
         self.cap = cap if cap is not None else default_cap()
         self.wait = wait
-        self._cond = threading.Condition(threading.RLock())
-        self._busy = False
-        self._pending: deque[Slot] = deque()
-        self._entries: dict[str, _Entry] = {}
-        self._free: OrderedDict[str, _Entry] = OrderedDict()  # least recently released first
+        self._guard = Guard()
+        self._entries: dict[str, Entry] = {}
+        self._free: OrderedDict[str, Entry] = OrderedDict()  # least recently released first
         self._given: dict[int, set[str]] = {}  # pid -> names given to it, not yet back
         self._bytes = 0  # owned segments plus sizes reserved for segments being created
         self._counts = dict.fromkeys(("created", "reused", "adopted", "evicted", "waits"), 0)
@@ -160,41 +108,55 @@ class SlotPool:
             return None
         site = caller_site()
         deadline = time.monotonic() + timeout
-        doomed: list[_Entry] = []
-        with self._critical():
-            waited = False
-            while True:
-                self._check_open()
-                entry = self._take_free(size)
-                if entry is not None:
-                    self._counts["reused"] += 1
-                    return self._lease(entry, nbytes, site)
-                if self._make_room(size, doomed):
-                    self._bytes += size  # reserved while the segment is created unlocked
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                if not waited:
+        doomed: list[Entry] = []
+        with self._guard:
+            got = self._reuse_or_reserve(size, nbytes, site, doomed)
+        if got is None and timeout > 0:
+            # Arrays caught in reference cycles hold slots until the collector runs: run it
+            # before waiting for other threads. Never under the lock: it runs finalizers.
+            gc.collect()
+            with self._guard:
+                got = self._reuse_or_reserve(size, nbytes, site, doomed)
+                if got is None:
                     self._counts["waits"] += 1
-                    waited = True
-                self._wait_for(remaining)
+                while got is None and (remaining := deadline - time.monotonic()) > 0:
+                    self._guard.wait(remaining)
+                    got = self._reuse_or_reserve(size, nbytes, site, doomed)
+        if got is None or isinstance(got, Slot):
+            return got
         _discard(doomed)
         return self._lease_new(size, nbytes, site)
+
+    def _reuse_or_reserve(
+        self, size: int, nbytes: int, site: str, doomed: list[Entry]
+    ) -> Slot | Literal[True] | None:
+        """A free slot of the class, True once ``size`` is reserved for a new one, None if full.
+
+        Free slots of other classes evicted to make room are added to ``doomed``.
+        """
+        self._check_open()
+        entry = self._take_free(size)
+        if entry is not None:
+            self._counts["reused"] += 1
+            return self._lease(entry, nbytes, site)
+        if self._make_room(size, doomed):
+            self._bytes += size  # reserved while the segment is created unlocked
+            return True
+        return None
 
     def _lease_new(self, size: int, nbytes: int, site: str) -> Slot:
         try:
             segment = self._create(size)
         except BaseException:
-            with self._critical():
+            with self._guard:
                 self._bytes -= size
-                self._cond.notify_all()
+                self._guard.notify_all()
             raise
-        with self._critical():
+        with self._guard:
             if self._closed:
                 _segment.unlink(segment.name)
                 self._check_open()
-            entry = self._entries[segment.name] = _Entry(segment)
+            entry = self._entries[segment.name] = Entry(segment)
             self._counts["created"] += 1
             return self._lease(entry, nbytes, site)
 
@@ -207,7 +169,7 @@ class SlotPool:
             _cache.register(segment)
             return segment
 
-    def _take_free(self, size: int) -> _Entry | None:
+    def _take_free(self, size: int) -> Entry | None:
         for name in reversed(self._free):  # most recently used first: its pages are warm
             entry = self._free[name]
             if entry.segment.size == size:
@@ -215,7 +177,7 @@ class SlotPool:
                 return entry
         return None
 
-    def _make_room(self, size: int, doomed: list[_Entry]) -> bool:
+    def _make_room(self, size: int, doomed: list[Entry]) -> bool:
         """Evict free slots until ``size`` more bytes fit the cap; False if they cannot."""
         excess = self._bytes + size - self.cap
         if excess <= 0:
@@ -230,7 +192,7 @@ class SlotPool:
             excess -= entry.segment.size
         return True
 
-    def _lease(self, entry: _Entry, nbytes: int, site: str) -> Slot:
+    def _lease(self, entry: Entry, nbytes: int, site: str) -> Slot:
         entry.leased = True
         entry.generation += 1
         entry.nbytes = nbytes
@@ -257,28 +219,21 @@ class SlotPool:
     # -- releasing -------------------------------------------------------------------------
 
     def _release(self, slot: Slot) -> None:
-        with self._cond:
-            if self._busy:  # a finalizer run by the GC inside one of our own critical sections
-                self._pending.append(slot)
-                return
-            with self._critical():
-                self._apply_release(slot)
+        self._guard.run_or_defer(self._apply_release, slot)
 
     def _apply_release(self, slot: Slot) -> None:
         if self._closed:
             return
         entry = slot._entry
         if not entry.leased or entry.generation != slot._generation:
-            raise ValueError(
-                f"{slot!r} was already released or given away; release each slot once"
-            )
+            raise ValueError(f"{slot!r} was already released or given away; release each slot once")
         entry.leased = False
         self._settle(entry)
 
-    def _settle(self, entry: _Entry) -> None:
+    def _settle(self, entry: Entry) -> None:
         if not entry.leased and not entry.borrows:
             self._free[entry.segment.name] = entry
-            self._cond.notify_all()
+            self._guard.notify_all()
 
     # -- ownership across processes ------------------------------------------------------------
 
@@ -287,7 +242,7 @@ class SlotPool:
 
         The slot stays in use until ``to`` returns it (:meth:`returned`) or dies (:meth:`reclaim`).
         """
-        with self._critical():
+        with self._guard:
             entry = self._entries.get(handle.name)
             if entry is None or not (entry.leased or entry.borrows):
                 raise ValueError(f"{handle.name} is not held in this pool; lend slots you hold")
@@ -296,14 +251,16 @@ class SlotPool:
 
     def returned(self, handles: Iterable[SlotHandle], by: int) -> None:
         """Process ``by`` dropped its views of these borrowed slots."""
-        with self._critical():
+        with self._guard:
             if self._closed:
                 return
             for handle in handles:
                 entry = self._entries.get(handle.name)
                 count = entry.borrows.get(by, 0) if entry is not None else 0
                 if entry is None or not count:
-                    raise ValueError(f"process {by} returned {handle.name}, which it did not borrow")
+                    raise ValueError(
+                        f"process {by} returned {handle.name}, which it did not borrow"
+                    )
                 if count == 1:
                     del entry.borrows[by]
                     self._settle(entry)
@@ -317,7 +274,7 @@ class SlotPool:
         in case it comes back. With ``to``, this pool remembers the gift and unlinks it if that
         process dies first (:meth:`reclaim`); a worker giving results to its parent passes None.
         """
-        with self._critical():
+        with self._guard:
             entry = slot._entry
             if self._closed or not entry.leased or entry.generation != slot._generation:
                 raise ValueError(f"{slot!r} is not held; only a held slot can be given away")
@@ -331,7 +288,7 @@ class SlotPool:
             self._forget(entry)
             if to is not None:
                 self._given.setdefault(to, set()).add(entry.segment.name)
-            self._cond.notify_all()
+            self._guard.notify_all()
         _cache.keep(entry.segment)
         return slot.handle
 
@@ -345,13 +302,13 @@ class SlotPool:
             raise ValueError(f"{handle} is part of a segment; only whole segments can be adopted")
         site = caller_site()
         segment = _cache.get(handle.name, handle.size)
-        with self._critical():
+        with self._guard:
             self._check_open()
             if handle.name in self._entries:
                 raise ValueError(f"{handle.name} already belongs to this pool")
             for names in self._given.values():
                 names.discard(handle.name)
-            entry = self._entries[handle.name] = _Entry(segment)
+            entry = self._entries[handle.name] = Entry(segment)
             self._bytes += segment.size
             self._counts["adopted"] += 1
             return self._lease(entry, handle.nbytes, site)
@@ -360,11 +317,12 @@ class SlotPool:
         """Process ``pid`` has exited (however): end its loans and unlink what it left behind.
 
         Call it after reading every message the process sent (handles in them are adopted
-        first). Its borrows end; segments given to it and segments it created for this pool's
-        owner but never handed over are unlinked (the latter by listing /dev/shm: Linux only).
-        Returns the names unlinked.
+        first) and before starting a replacement (which could get the same pid). Its borrows
+        end; segments given to it and segments it created for this pool's owner but never handed
+        over are unlinked (the latter found by listing /dev/shm: Linux only). Returns the names
+        unlinked.
         """
-        with self._critical():
+        with self._guard:
             for entry in list(self._entries.values()):
                 if entry.borrows.pop(pid, None):
                     self._settle(entry)
@@ -380,7 +338,7 @@ class SlotPool:
 
     def trim(self) -> int:
         """Unlink every free slot (their memory returns to the OS); returns the bytes freed."""
-        with self._critical():
+        with self._guard:
             doomed = list(self._free.values())
             self._free.clear()
             for entry in doomed:
@@ -394,7 +352,7 @@ class SlotPool:
         Arrays still alive keep working (their mapping stays until they are gone); releasing
         them afterwards does nothing.
         """
-        with self._critical():
+        with self._guard:
             if self._closed:
                 return
             self._closed = True
@@ -403,7 +361,7 @@ class SlotPool:
             self._free.clear()
             self._given.clear()
             self._bytes = 0
-            self._cond.notify_all()
+            self._guard.notify_all()
         self._finalizer.detach()
         for name in names:
             _segment.unlink(name)
@@ -416,7 +374,7 @@ class SlotPool:
         self.close()
 
     def stats(self) -> SlotStats:
-        with self._critical():
+        with self._guard:
             classes: dict[int, list[int]] = {}
             in_use = in_use_bytes = 0
             for name, entry in self._entries.items():
@@ -440,7 +398,7 @@ class SlotPool:
     def leaks(self) -> list[SlotLeak]:
         """Slots held right now, oldest first, with where they were allocated or adopted."""
         now = time.monotonic()
-        with self._critical():
+        with self._guard:
             held = [entry for name, entry in self._entries.items() if name not in self._free]
             return [
                 SlotLeak(
@@ -457,40 +415,16 @@ class SlotPool:
     def __repr__(self) -> str:
         return f"SlotPool(owner={self.owner.pid}, cap={self.cap}, slots={len(self._entries)})"
 
-    # -- locking ---------------------------------------------------------------------------
-
-    @contextmanager
-    def _critical(self) -> Iterator[None]:
-        with self._cond:
-            self._busy = True
-            try:
-                yield
-            finally:
-                while self._pending:  # releases queued by finalizers that ran in here
-                    self._apply_queued(self._pending.popleft())
-                self._busy = False
-
-    def _apply_queued(self, slot: Slot) -> None:
-        # Nobody is left to hear an error from a queued finalizer: drop it as the finalizer
-        # thread would have (weakref prints and ignores it).
-        with suppress(ValueError):
-            self._apply_release(slot)
-
-    def _wait_for(self, seconds: float) -> None:
-        self._busy = False
-        self._cond.wait(min(seconds, threading.TIMEOUT_MAX))
-        self._busy = True
-
     def _check_open(self) -> None:
         if self._closed:
             raise SharedMemoryError("this SlotPool is closed; create a new one")
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: Entry) -> None:
         del self._entries[entry.segment.name]
         self._bytes -= entry.segment.size
 
 
-def _discard(entries: list[_Entry]) -> None:
+def _discard(entries: list[Entry]) -> None:
     names = [entry.segment.name for entry in entries]
     for name in names:
         _segment.unlink(name)

@@ -26,7 +26,7 @@ from memwise.shared import _cache
 if TYPE_CHECKING:
     import numpy as np
 
-    from memwise.shared._pool import Slot, SlotHandle
+    from memwise.shared._slot import Slot, SlotHandle
 
 _MAX_BASE_CHAIN = 64
 
@@ -64,6 +64,7 @@ def _bind(
     keeper = np.frombuffer(view, dtype=np.uint8)
     key = id(keeper)
     finalizer = weakref.finalize(keeper, _unbind, key, on_dead, arg)
+    finalizer.atexit = False  # at exit the pools unlink everything at once
     start = _address(keeper) - handle.offset
     _bindings[key] = _Binding(weakref.ref(keeper), start, handle, slot, finalizer)
     return keeper
@@ -148,12 +149,13 @@ def find_slot(obj: object) -> tuple[Slot, SlotHandle] | None:
     binding = _find(obj)
     if binding is None or binding.slot is None:
         return None
-    with memoryview(obj) as view:  # type: ignore[arg-type]
-        if not view.contiguous:
-            return None
-        nbytes = view.nbytes
-        offset = _address(np.asarray(view)) - binding.start if nbytes else 0
-    return binding.slot, replace(binding.handle, nbytes=nbytes, offset=offset)
+    if not isinstance(obj, np.ndarray):  # datetime arrays have no buffer: use the array itself
+        with memoryview(obj) as view:  # type: ignore[arg-type]
+            obj = np.asarray(view)
+    if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
+        return None
+    offset = _address(obj) - binding.start if obj.nbytes else 0
+    return binding.slot, replace(binding.handle, nbytes=obj.nbytes, offset=offset)
 
 
 def _reset_after_fork() -> None:

@@ -1,0 +1,144 @@
+"""What the supervisor does when a worker process exits, case by case (cf. loky).
+
+- It was told to stop (shutdown, recycling): nothing to do.
+- It died while running a task: that task fails with ``WorkerCrashed`` (``TaskTimeout`` if
+  the supervisor killed it for overrunning; re-run instead while ``retries`` allows, except
+  after a timeout, which would only recur); tasks queued behind it on the same worker never
+  started, so they go back to their places in the queue untouched.
+- It died before finishing its initializer: during start-up that is ``WorkerInitError``
+  raised by the pool's constructor; later it counts as a failed start.
+- It died idle: a failed start too.
+- Failed starts pile up (``STORM_DEATHS`` within ``STORM_SECONDS`` with no task succeeding):
+  the pool is broken, and every pending future fails with one ``BrokenPool``, rather than the
+  pool respawning forever.
+
+Replacements are not started here: the supervisor's loop starts a worker in every slot that
+needs one, whatever emptied it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import TYPE_CHECKING
+
+from memwise.errors import BrokenPool, TaskTimeout, WorkerCrashed, WorkerInitError
+from memwise.memory import format_size
+from memwise.pool.handle import State, Worker, describe_exit
+
+if TYPE_CHECKING:
+    from memwise.pool.supervisor import Supervisor
+
+STORM_DEATHS = 5
+STORM_SECONDS = 10.0
+
+
+def on_exit(sup: Supervisor, worker: Worker) -> None:
+    """The worker's process sentinel fired: it has exited."""
+    sup.reclaim_lent_workers()  # take lent workers back before re-queueing or closing anything
+    for data in worker.channel.drain():  # results sent just before dying still count
+        sup.on_message(worker, pickle.loads(data))
+    worker.process.join(1.0)
+    exitcode = worker.process.exitcode
+    sup.forget(worker)
+    if sup.broken is not None:
+        return
+    if worker.state is State.STOPPING and not worker.outstanding:
+        return
+    if worker.state is State.STARTING:
+        _on_start_failure(sup, worker, exitcode)
+        return
+    sup.counts["restarts"] += 1
+    sup.slot_restarts[worker.slot] += 1
+    if worker.outstanding:
+        _on_task_death(sup, worker, exitcode)
+    else:
+        note_failure(sup, WorkerCrashed(_idle_death(worker, exitcode), worker.pid, exitcode))
+    max_restarts = sup.config.max_restarts
+    if max_restarts is not None and sup.counts["restarts"] > max_restarts:
+        sup.break_pool(
+            BrokenPool(
+                f"workers died {sup.counts['restarts']} times, more than max_restarts="
+                f"{max_restarts}; the last exited with {describe_exit(exitcode)}"
+            ),
+            cause=None,
+        )
+
+
+def _idle_death(worker: Worker, exitcode: int | None) -> str:
+    return f"an idle worker (pid {worker.pid}) died with {describe_exit(exitcode)}"
+
+
+def _on_start_failure(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
+    error = worker.init_error or WorkerInitError(
+        f"a worker (pid {worker.pid}) died with {describe_exit(exitcode)} before its "
+        "initializer finished"
+    )
+    if not sup.started.is_set():
+        sup.startup_error = error
+        sup.break_pool(error, cause=error.__cause__)
+    else:
+        note_failure(sup, error)
+
+
+def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
+    started = worker.started.value
+    running = next((t for t in worker.outstanding if t.id == started), None)
+    sup.queue.push_back(t for t in worker.outstanding if t is not running)
+    worker.outstanding.clear()
+    if running is None:
+        # It died before starting any of them (between tasks, or killed while idle just as
+        # a task was sent): they are simply queued again, and the death counts as idle.
+        note_failure(sup, WorkerCrashed(_idle_death(worker, exitcode), worker.pid, exitcode))
+        return
+    if worker.kill_reason == "timeout":
+        sup.counts["timeouts"] += 1
+        sup.counts["failed"] += 1
+        running.future.set_exception(
+            TaskTimeout(
+                f"{running} ran longer than its timeout of {running.timeout} s; its worker "
+                f"(pid {worker.pid}) was killed and replaced"
+            )
+        )
+        return
+    running.attempts += 1
+    if running.attempts <= sup.config.retries:
+        sup.queue.push_back([running])
+        return
+    sup.counts["failed"] += 1
+    running.future.set_exception(
+        WorkerCrashed(
+            f"the worker (pid {worker.pid}) running {running} {_cause(sup, worker, exitcode)}; "
+            f"tried {running.attempts} time(s) (retries={sup.config.retries}); other tasks "
+            "are unaffected",
+            worker.pid,
+            exitcode,
+            str(running),
+        )
+    )
+
+
+def _cause(sup: Supervisor, worker: Worker, exitcode: int | None) -> str:
+    if worker.kill_reason == "memory":
+        limit = sup.config.recycle.hard_memory_bytes or 0
+        return (
+            f"was killed for exceeding the hard memory limit of {format_size(limit)} "
+            f"(private memory {format_size(worker.private or 0)})"
+        )
+    return f"died with {describe_exit(exitcode)}"
+
+
+def note_failure(sup: Supervisor, error: BaseException) -> None:
+    """Count a failed start; break the pool when they come too fast."""
+    now = time.monotonic()
+    sup.failures.append(now)
+    while sup.failures and sup.failures[0] < now - STORM_SECONDS:
+        sup.failures.popleft()
+    if len(sup.failures) >= STORM_DEATHS:
+        sup.break_pool(
+            BrokenPool(
+                f"{len(sup.failures)} workers died within {STORM_SECONDS:.0f} s without "
+                f"completing a task; the last: {error}. Fix the cause and create a new pool"
+            ),
+            cause=error,
+        )

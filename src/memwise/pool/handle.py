@@ -1,0 +1,76 @@
+"""The supervisor's record of one worker process."""
+
+from __future__ import annotations
+
+import enum
+import signal
+import time
+from collections import deque
+from collections.abc import Hashable
+from typing import Any
+
+from memwise import _channel
+from memwise.pool.task import Task
+
+STOP_GRACE_SECONDS = 5.0
+
+
+class State(enum.Enum):
+    STARTING = "starting"  # waiting for the READY handshake (initializer running)
+    READY = "ready"
+    STOPPING = "stopping"  # told to exit; killed if it takes longer than the grace period
+
+
+class Worker:
+    """One worker process in one slot, and what the supervisor knows of it.
+
+    ``outstanding`` holds the tasks sent to it, in order; the first is the one running.
+    ``retiring`` is set when a recycle policy decided to replace it: it takes no new task,
+    finishes those it holds, then stops.
+    """
+
+    def __init__(self, slot: int, process: Any, conn: Any, alive: Any, started: Any) -> None:
+        self.slot = slot
+        # Shared with the process, which writes there the id of each task as it starts it: on
+        # a death, this tells the task that was running from those that never started.
+        self.started = started
+        self.process = process
+        self.conn = conn
+        self.channel = _channel.channel(conn)
+        self.alive = alive
+        self.pid: int = process.pid
+        self.state = State.STARTING
+        self.since = time.monotonic()
+        self.outstanding: deque[Task] = deque()
+        self.busy_since = 0.0
+        self.idle_since = time.monotonic()
+        self.kill_reason: str | None = None
+        self.init_error: BaseException | None = None
+        self.tasks_done = 0
+        self.last_key: Hashable = None
+        self.private: int | None = None
+        self.retiring = False
+
+    def deadline(self, init_timeout: float, idle: float | None) -> float | None:
+        """When the supervisor must next act on this worker on its own, or None."""
+        if self.kill_reason is not None:
+            return None
+        if self.state is State.STARTING:
+            return self.since + init_timeout
+        if self.state is State.STOPPING:
+            return self.since + STOP_GRACE_SECONDS
+        if self.outstanding:
+            timeout = self.outstanding[0].timeout
+            return None if timeout is None else self.busy_since + timeout
+        return None if idle is None else self.idle_since + idle
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "an unknown status"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"

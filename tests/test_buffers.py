@@ -1,0 +1,123 @@
+"""BufferPool: leasing, exhaustion, misuse, threads, shared buffers."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from memwise import shared
+from memwise.buffers import BufferPool
+from memwise.errors import BufferPoolExhausted
+
+FRAME = (480, 640, 3)
+
+
+@pytest.fixture(params=[False, True], ids=["private", "shared"])
+def frames(request: pytest.FixtureRequest):
+    with BufferPool(FRAME, np.uint8, size=3, shared=request.param) as pool:
+        yield pool
+
+
+def test_buffers_are_preallocated_and_reused(frames: BufferPool) -> None:
+    first = frames.acquire()
+    assert first.shape == FRAME and first.dtype == np.uint8 and first.flags.writeable
+    frames.release(first)
+    with frames.lease() as again:
+        assert again is first  # the warm buffer comes back
+    assert frames.stats().acquired == 2 and frames.stats().in_use == 0
+
+
+def test_exhausted_pool_waits_then_raises(frames: BufferPool) -> None:
+    held = [frames.acquire() for _ in range(3)]
+    with pytest.raises(BufferPoolExhausted, match="all 3 buffers"):
+        frames.acquire(timeout=0.01)
+    releaser = threading.Timer(0.05, frames.release, args=(held.pop(),))
+    releaser.start()
+    try:
+        held.append(frames.acquire(timeout=30))
+    finally:
+        releaser.join()
+    stats = frames.stats()
+    assert (stats.in_use, stats.peak_in_use, stats.waits, stats.timeouts) == (3, 3, 2, 1)
+    for buffer in held:
+        frames.release(buffer)
+
+
+def test_misuse_is_a_value_error(frames: BufferPool) -> None:
+    buffer = frames.acquire()
+    with pytest.raises(ValueError, match="not a buffer of"):
+        frames.release(buffer[10:])  # a view
+    with pytest.raises(ValueError, match="not a buffer of"):
+        frames.release(np.zeros(FRAME, np.uint8))
+    frames.release(buffer)
+    with pytest.raises(ValueError, match="already released"):
+        frames.release(buffer)
+    with pytest.raises(ValueError, match="size=0"), BufferPool(FRAME, size=0):
+        pass
+
+
+def test_lease_releases_on_error(frames: BufferPool) -> None:
+    with pytest.raises(RuntimeError), frames.lease():
+        raise RuntimeError("boom")
+    assert frames.stats().in_use == 0
+
+
+def test_eight_threads_never_share_a_buffer() -> None:
+    pool = BufferPool((64, 64), np.int64, size=3)
+    holders: dict[int, int] = {}
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def work(me: int) -> None:
+        for _ in range(300):
+            with pool.lease(timeout=30) as buffer:
+                with lock:
+                    if id(buffer) in holders:
+                        errors.append(f"thread {me} got the buffer of {holders[id(buffer)]}")
+                    holders[id(buffer)] = me
+                buffer.fill(me)
+                threading.Event().wait(0)  # let the other threads run meanwhile
+                if not (buffer == me).all():
+                    errors.append(f"thread {me}'s buffer was written by someone else")
+                with lock:
+                    del holders[id(buffer)]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    stats = pool.stats()
+    assert stats.acquired == 8 * 300 and stats.in_use == 0 and stats.peak_in_use == 3
+    pool.close()
+
+
+def test_close_fails_waiters_and_frees_returned_buffers() -> None:
+    pool = BufferPool(10, size=1, shared=True)
+    held = pool.acquire()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            pool.acquire()
+        except ValueError as error:
+            outcome.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    while pool.stats().waits == 0:
+        threading.Event().wait(0.001)
+    pool.close()
+    waiter.join()
+    assert "closed" in str(outcome[0])
+    assert shared.find_slot(held) is not None  # a leased buffer stays valid after close
+    pool.release(held)  # and its slot goes back now
+    assert shared.find_slot(held) is None
+
+
+def test_shared_buffers_live_in_slots(frames: BufferPool) -> None:
+    with frames.lease() as buffer:
+        assert (shared.find_slot(buffer) is not None) == frames.shared
