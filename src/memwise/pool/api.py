@@ -13,7 +13,9 @@ from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from memwise import _wire
+from memwise.budget import MemoryBudget
 from memwise.errors import SerializationError
+from memwise.memory import parse_size
 from memwise.pool.imap import bounded_results
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import slot_for
@@ -66,11 +68,13 @@ class WorkerPool(Executor):
         max_restarts: break the pool (``BrokenPool``) once workers have died unexpectedly more
             than this many times in total; None for no limit.
         trim: return freed heap memory to the OS after every task (glibc ``malloc_trim``).
+        budget: a :class:`MemoryBudget`; a task starts only when the measured memory (this
+            process, the workers, shared slots) plus its ``submit(memory=...)`` fits.
         start_method: ``"forkserver"`` (Linux default), ``"spawn"`` (elsewhere) or ``"fork"``.
 
     Functions and arguments travel by pickle (protocol 5), falling back to cloudpickle for
-    lambdas and closures. ``submit`` reserves the keywords ``timeout``, ``key``, ``priority``
-    and ``coalesce``; a function that takes such a keyword itself can be wrapped with
+    lambdas and closures. ``submit`` reserves the keywords ``timeout``, ``key``, ``priority``,
+    ``coalesce`` and ``memory``; a function that takes such a keyword itself can be wrapped with
     ``functools.partial``.
     """
 
@@ -88,6 +92,7 @@ class WorkerPool(Executor):
         recycle: Recycle | None = None,
         max_restarts: int | None = None,
         trim: bool = False,
+        budget: MemoryBudget | None = None,
         start_method: str | None = None,
     ) -> None:
         if workers is not None and max_workers is not None and workers != max_workers:
@@ -106,6 +111,7 @@ class WorkerPool(Executor):
             init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
         self._workers = workers
         self._timeout = timeout
+        self._budget = budget
         self._supervisor = Supervisor(
             PoolConfig(
                 max_workers=workers,
@@ -117,6 +123,7 @@ class WorkerPool(Executor):
                 recycle=recycle or Recycle(),
                 max_restarts=max_restarts,
                 trim=trim,
+                budget=budget,
             )
         )
         self._supervisor.start()
@@ -137,6 +144,7 @@ class WorkerPool(Executor):
         key: Hashable = None,
         priority: int = 0,
         coalesce: Hashable = None,
+        memory: int | str = 0,
         **kwargs: Any,
     ) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
@@ -148,10 +156,13 @@ class WorkerPool(Executor):
             priority: higher runs first among queued tasks (never reordering one key's tasks).
             coalesce: a tag; queued, not-yet-started tasks with the same tag are cancelled
                 (latest wins, as for interactive previews).
+            memory: bytes (or ``"600 MiB"``) to reserve in the pool's budget while it runs.
 
         An argument that cannot be pickled fails the returned future with
         ``SerializationError``; the pool and other tasks are unaffected.
         """
+        if memory and self._budget is None:
+            raise ValueError("submit(memory=...) reserves memory in a budget: pass budget= too")
         future: Future[T] = Future()
         try:
             payload = _wire.dumps(
@@ -169,6 +180,7 @@ class WorkerPool(Executor):
             slot=None if key is None else slot_for(key, self._workers),
             priority=priority,
             coalesce=coalesce,
+            memory=parse_size(memory),
         )
         self._supervisor.submit(task)
         return future

@@ -84,6 +84,8 @@ def _on_start_failure(sup: Supervisor, worker: Worker, exitcode: int | None) -> 
 def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
     started = worker.started.value
     running = next((t for t in worker.outstanding if t.id == started), None)
+    for task in worker.outstanding:
+        task.release_memory()
     sup.queue.push_back(t for t in worker.outstanding if t is not running)
     worker.outstanding.clear()
     if running is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memwise import _wire
+from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, WorkerInitError
 from memwise.memory import private_memory
 from memwise.pool import deaths
@@ -52,6 +53,7 @@ class PoolConfig:
     recycle: Recycle = field(default_factory=Recycle)
     max_restarts: int | None = None
     trim: bool = False
+    budget: MemoryBudget | None = None
 
 
 class Supervisor:
@@ -83,6 +85,7 @@ class Supervisor:
         self._service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
         self._next_poll = 0.0
+        self._budget_blocked = False
         self.started = threading.Event()
         self.startup_error: BaseException | None = None
         self.counts: dict[str, int] = Counter(
@@ -324,6 +327,8 @@ class Supervisor:
             alive_r.close()
         worker = Worker(slot, process, conn, alive_w, started)
         self.workers[slot] = worker
+        if self.config.budget is not None:
+            self.config.budget.track(worker.pid)
         self._selector.register(conn, selectors.EVENT_READ, lambda: self._on_readable(worker))
         self._selector.register(
             process.sentinel, selectors.EVENT_READ, lambda: deaths.on_exit(self, worker)
@@ -376,6 +381,8 @@ class Supervisor:
         worker.conn.close()
         worker.alive.close()
         worker.process.close()
+        if self.config.budget is not None:
+            self.config.budget.untrack(worker.pid)
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
         elif worker in self.retiring:
@@ -402,6 +409,9 @@ class Supervisor:
                 self._check_hard_memory()
                 self._next_poll = now + self.config.recycle.poll
             nearest = self._next_poll if nearest is None else min(nearest, self._next_poll)
+        if self._budget_blocked and self.config.budget is not None:
+            recheck = now + self.config.budget.poll
+            nearest = recheck if nearest is None else min(nearest, recheck)
         return None if nearest is None else max(0.0, nearest - now)
 
     def _idle_limit(self, worker: Worker) -> float | None:
@@ -486,6 +496,7 @@ class Supervisor:
     ) -> None:
         task = worker.outstanding.popleft()
         assert task.id == task_id, "worker results arrived out of order"
+        task.release_memory()
         now = time.monotonic()
         worker.busy_since = now
         worker.tasks_done += 1
@@ -536,6 +547,7 @@ class Supervisor:
             worker.outstanding.clear()
             self.kill(worker, "broken")
         for task in pending:
+            task.release_memory()
             if not task.future.done():
                 task.future.set_exception(error)
         self.started.set()
@@ -554,6 +566,7 @@ class Supervisor:
         if self.broken is not None:
             return
         ready = [w for w in self.workers.values() if w.state is State.READY]
+        self._budget_blocked = False
         if self.queue:
             depth = self._pipeline_depth()
             batches: dict[Worker, list[Task]] = {w: [] for w in ready}
@@ -570,7 +583,8 @@ class Supervisor:
             for worker, batch in batches.items():
                 if batch:
                     self._send(worker, batch)
-        if not self.queue and not self._closing:
+        # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
+        if not self.queue and not self._closing and self.config.budget is None:
             with self._lock:
                 self._idle = {w.slot: w for w in ready if not w.outstanding and not w.retiring}
 
@@ -595,10 +609,36 @@ class Supervisor:
             if busy and len(task.payload) + sum(len(t.payload) for t in batch) > PIPELINE_BYTES:
                 self.queue.push_back([task])
                 return None
+            if not self._admit(task):
+                return None
             if task.claim():
                 if task.coalesce is not None and self._latest.get(task.coalesce) is task:
                     del self._latest[task.coalesce]
                 return task
+            task.release_memory()
+
+    def _admit(self, task: Task) -> bool:
+        """Reserve the task's memory in the budget; if there is no room, keep it queued.
+
+        Tasks wait in priority order behind a task that does not fit (no smaller task jumps
+        the queue and starves it) and fail once they have waited ``max_wait``.
+        """
+        budget = self.config.budget
+        if budget is None or task.dropped or task.future.cancelled():
+            return True
+        task.reservation = budget.try_reserve(task.memory)
+        if task.reservation is not None:
+            return True
+        now = time.monotonic()
+        if task.blocked_since is None:
+            task.blocked_since = now
+        if now - task.blocked_since >= budget.max_wait and task.claim():
+            self.counts["failed"] += 1
+            task.future.set_exception(budget.exceeded(task.memory, now - task.blocked_since))
+            return False
+        self.queue.push_back([task])
+        self._budget_blocked = True
+        return False
 
     def _key_change(self, worker: Worker, key: Hashable, batch: Sequence[Task] = ()) -> bool:
         if not self.config.recycle.on_key_change:
@@ -615,6 +655,8 @@ class Supervisor:
             worker.channel.send(message)
         except OSError:
             # The worker died before it could read: nothing ran, so nothing counts as tried.
+            for task in batch:
+                task.release_memory()
             self.queue.push_back(batch)
             return
         worker.outstanding.extend(batch)

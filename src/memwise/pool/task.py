@@ -23,6 +23,7 @@ class Task:
 
     __slots__ = (
         "attempts",
+        "blocked_since",
         "claimed",
         "coalesce",
         "dropped",
@@ -30,8 +31,10 @@ class Task:
         "future",
         "id",
         "key",
+        "memory",
         "payload",
         "priority",
+        "reservation",
         "seq",
         "slot",
         "timeout",
@@ -48,6 +51,7 @@ class Task:
         slot: int | None = None,
         priority: int = 0,
         coalesce: Hashable = None,
+        memory: int = 0,
     ) -> None:
         self.future = future
         self.payload = payload
@@ -57,6 +61,9 @@ class Task:
         self.slot = slot
         self.priority = priority
         self.coalesce = coalesce
+        self.memory = memory  # bytes reserved in the pool's MemoryBudget while it runs
+        self.reservation: Any = None
+        self.blocked_since: float | None = None  # when the budget first had no room for it
         self.id = next(_ids)
         self.seq = -1  # submission order, set when first queued
         self.attempts = 0
@@ -73,6 +80,12 @@ class Task:
         if not self.claimed:
             self.claimed = self.future.set_running_or_notify_cancel()
         return self.claimed
+
+    def release_memory(self) -> None:
+        """Give back the task's budget reservation (it ended, or goes back to the queue)."""
+        if self.reservation is not None:
+            self.reservation.release()
+            self.reservation = None
 
     def drop(self) -> bool:
         """Cancel a queued task for good; True if it had not started. Supervisor thread only.
