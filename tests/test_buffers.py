@@ -33,12 +33,14 @@ def test_exhausted_pool_waits_then_raises(frames: BufferPool) -> None:
     held = [frames.acquire() for _ in range(3)]
     with pytest.raises(BufferPoolExhausted, match="all 3 buffers"):
         frames.acquire(timeout=0.01)
-    releaser = threading.Timer(0.05, frames.release, args=(held.pop(),))
-    releaser.start()
-    try:
-        held.append(frames.acquire(timeout=30))
-    finally:
-        releaser.join()
+    got: list[np.ndarray] = []
+    waiter = threading.Thread(target=lambda: got.append(frames.acquire(timeout=30)))
+    waiter.start()
+    while frames.stats().waits < 2:  # the waiter is blocked: now give one back
+        threading.Event().wait(0.001)
+    frames.release(held.pop())
+    waiter.join()
+    held += got
     stats = frames.stats()
     assert (stats.in_use, stats.peak_in_use, stats.waits, stats.timeouts) == (3, 3, 2, 1)
     for buffer in held:

@@ -14,6 +14,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "WorkerPool": "memwise.pool.api",
     "Recycle": "memwise.pool.policies",
+    "MemoryBudget": "memwise.budget",
+    "MemoryBudgetExceeded": "memwise.errors",
+    "Actor": "memwise.actors",
+    "Sessions": "memwise.actors",
+    "spawn": "memwise.actors",
     "BrokenPool": "memwise.errors",
     "MemwiseError": "memwise.errors",
     "RemoteError": "memwise.errors",
@@ -24,20 +29,28 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Actor",
     "BrokenPool",
+    "MemoryBudget",
+    "MemoryBudgetExceeded",
     "MemwiseError",
     "Recycle",
     "RemoteError",
     "SerializationError",
+    "Sessions",
     "TaskTimeout",
     "WorkerCrashed",
     "WorkerInitError",
     "WorkerPool",
+    "spawn",
 ]
 
 if TYPE_CHECKING:
+    from memwise.actors import Actor, Sessions, spawn
+    from memwise.budget import MemoryBudget
     from memwise.errors import (
         BrokenPool,
+        MemoryBudgetExceeded,
         MemwiseError,
         RemoteError,
         SerializationError,

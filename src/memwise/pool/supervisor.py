@@ -606,7 +606,7 @@ class Supervisor:
             task = self.queue.pop_for(worker.slot)
             if task is None:
                 return None
-            if busy and len(task.payload) + sum(len(t.payload) for t in batch) > PIPELINE_BYTES:
+            if busy and not self._pipelinable(task, batch):
                 self.queue.push_back([task])
                 return None
             if not self._admit(task):
@@ -616,6 +616,16 @@ class Supervisor:
                     del self._latest[task.coalesce]
                 return task
             task.release_memory()
+
+    @staticmethod
+    def _pipelinable(task: Task, batch: list[Task]) -> bool:
+        """Whether ``task`` may be queued on a worker that is busy.
+
+        Not a latest-wins task: it must stay cancellable until a worker is actually free.
+        """
+        if task.coalesce is not None:
+            return False
+        return len(task.payload) + sum(len(t.payload) for t in batch) <= PIPELINE_BYTES
 
     def _admit(self, task: Task) -> bool:
         """Reserve the task's memory in the budget; if there is no room, keep it queued.

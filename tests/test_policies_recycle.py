@@ -1,0 +1,110 @@
+"""Recycling: workers replaced after N tasks, past a memory limit, at a hard ceiling mid-task,
+and on a change of key; each recycle counted with its reason."""
+
+from __future__ import annotations
+
+import pytest
+
+import _policy_tasks
+from _policy_tasks import WAIT, MiB, getpid
+from memwise import WorkerPool
+from memwise.errors import WorkerCrashed
+from memwise.memory import parse_size
+from memwise.pool.policies import Recycle
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def runs_of(values):
+    """Collapse consecutive equal values: [a, a, b, a] -> [a, b, a]."""
+    collapsed = []
+    for value in values:
+        if not collapsed or collapsed[-1] != value:
+            collapsed.append(value)
+    return collapsed
+
+
+def test_recycle_after_n_tasks():
+    with WorkerPool(1, recycle=Recycle(tasks=3)) as pool:
+        pids = [pool.submit(getpid).result(WAIT) for _ in range(9)]
+        stats = pool.stats()
+    assert [len(set(pids[i : i + 3])) for i in range(0, 9, 3)] == [1, 1, 1]
+    assert len(set(pids)) == 3
+    assert stats["recycles"] == {"tasks": 3}
+    assert stats["slots"][0]["recycles"] == {"tasks": 3}
+    assert stats["restarts"] == 0  # a recycle is not a crash
+
+
+def test_recycle_after_n_tasks_in_a_burst():
+    # Submitted all at once, tasks must not be pipelined past a worker's last task.
+    with WorkerPool(2, recycle=Recycle(tasks=4)) as pool:
+        pids = [f.result(WAIT) for f in [pool.submit(getpid) for _ in range(40)]]
+        stats = pool.stats()
+    assert max(pids.count(pid) for pid in set(pids)) <= 4
+    assert len(set(pids)) >= 10
+    assert stats["recycles"]["tasks"] >= 10 - 2
+
+
+LIMIT = "60 MiB"
+TASK_BYTES = 5 * MiB
+
+
+def test_memory_limit_keeps_a_leaking_worker_bounded_and_loses_no_task():
+    with WorkerPool(2, recycle=Recycle(memory=LIMIT)) as pool:
+        futures = [pool.submit(_policy_tasks.leak, TASK_BYTES) for _ in range(40)]
+        results = [f.result(WAIT) for f in futures]
+        stats = pool.stats()
+    assert len(results) == 40  # every task ran and returned
+    peak = max(private for _, private in results)
+    assert peak <= parse_size(LIMIT) + TASK_BYTES, f"a worker reached {peak / MiB:.1f} MiB"
+    # Without recycling, 20 leaks per worker would reach ~100 MiB: the limit did the work.
+    assert stats["recycles"].get("memory", 0) >= 2
+    assert len({pid for pid, _ in results}) >= 3
+    assert stats["failed"] == 0
+    assert stats["restarts"] == 0
+
+
+def test_hard_memory_kills_a_runaway_task_retries_then_fails():
+    ceiling = "100 MiB"
+    recycle = Recycle(hard_memory=ceiling, poll=0.02)
+    with WorkerPool(1, retries=1, recycle=recycle) as pool:
+        first_pid = pool.submit(getpid).result(WAIT)
+        future = pool.submit(_policy_tasks.balloon, 10 * MiB, 1024 * MiB)
+        with pytest.raises(WorkerCrashed) as info:
+            future.result(WAIT)
+        message = str(info.value)
+        assert "memory limit" in message
+        assert "100" in message  # the ceiling
+        assert "tried 2 time(s)" in message  # the first run and one retry
+        assert info.value.pid != first_pid
+        stats = pool.stats()
+        assert stats["recycles"] == {"hard_memory": 2}
+        assert stats["slots"][0]["recycles"] == {"hard_memory": 2}
+        # The pool goes on with a fresh worker.
+        assert pool.submit(getpid).result(WAIT) not in (first_pid, info.value.pid)
+
+
+def test_on_key_change_gives_a_fresh_worker_per_key_run():
+    keys = ["a", "a", "b", "b", "b", "a", "c", "c"]
+    with WorkerPool(1, recycle=Recycle(on_key_change=True)) as pool:
+        futures = [pool.submit(getpid, key=k) for k in keys]
+        pids = [f.result(WAIT) for f in futures]
+        stats = pool.stats()
+    assert_fresh_pid_per_key_run(keys, pids)
+    assert stats["recycles"] == {"key": 3}
+
+
+def test_on_key_change_one_call_at_a_time():
+    # Calls made one by one reach an idle worker directly from the submitting thread.
+    keys = ["a", "b", "b", "a", "a", "a"]
+    with WorkerPool(1, recycle=Recycle(on_key_change=True)) as pool:
+        pids = [pool.submit(getpid, key=k).result(WAIT) for k in keys]
+        assert pool.stats()["recycles"] == {"key": 2}
+    assert_fresh_pid_per_key_run(keys, pids)
+
+
+def assert_fresh_pid_per_key_run(keys, pids):
+    pairs = list(zip(keys, pids, strict=True))
+    # Same pid while the key stays the same; a new one, never seen before, when it changes.
+    assert len(runs_of(pairs)) == len(runs_of(keys))
+    assert len(set(pids)) == len(runs_of(keys))
