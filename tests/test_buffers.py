@@ -123,3 +123,12 @@ def test_close_fails_waiters_and_frees_returned_buffers() -> None:
 def test_shared_buffers_live_in_slots(frames: BufferPool) -> None:
     with frames.lease() as buffer:
         assert (shared.find_slot(buffer) is not None) == frames.shared
+
+
+def test_buffers_benchmark_runs_and_cleans_up() -> None:
+    from memwise.benchmarks import buffers as bench
+
+    result = bench.run(quick=True)
+    assert set(result["results"]) >= {"BufferPool", "np.empty", "slot reuse 48MB"}
+    assert all(figures["write_us"] > 0 for figures in result["results"].values())
+    assert "slot reuse 48MB / fresh segment 48MB" in result["ratios"]

@@ -220,6 +220,8 @@ def test_find_slot_gives_the_offset_of_a_view() -> None:
     _, handle = find_slot(array[2:5])  # type: ignore[misc]
     assert (handle.offset, handle.nbytes) == (2 * 8 * 8, 3 * 8 * 8)
     assert find_slot(array[:, 1]) is None  # not contiguous: travels as a copy
+    assert find_slot(memoryview(array[2:5])) == find_slot(pickle.PickleBuffer(array[2:5]))
+    assert find_slot(memoryview(array[2:5]))[1] == handle  # type: ignore[index]
     assert find_slot(np.zeros(3)) is None
     array[2:5] = 1.5
     assert np.all(np.frombuffer(shared.attach(handle), np.float64) == 1.5)

@@ -35,6 +35,17 @@ def demo(
         raise typer.Exit(1)
 
 
+def _run_benchmark(module: str, as_json: bool, **options: object) -> None:
+    import importlib
+
+    bench = importlib.import_module(f"memwise.benchmarks.{module}")
+    result = bench.run(**options)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        bench.print_table(result)
+
+
 @bench_app.command()
 def overhead(
     as_json: JsonOption = False,
@@ -44,13 +55,37 @@ def overhead(
     ] = None,
 ) -> None:
     """Per-task overhead: submit throughput, round trip, map, CPU scaling vs peers."""
-    from memwise.benchmarks import overhead as bench
+    _run_benchmark("overhead", as_json, quick=quick, systems=systems)
 
-    result = bench.run(systems=systems, quick=quick)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        bench.print_table(result)
+
+@bench_app.command()
+def recycle(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Recycling leaky workers by private memory: peak/final memory and throughput vs peers."""
+    _run_benchmark("recycle", as_json, quick=quick)
+
+
+@bench_app.command()
+def transfer(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Round trip of large arrays (48 MB, 2000x2000x3) through workers vs peers and Ray."""
+    _run_benchmark("transfer", as_json, quick=quick)
+
+
+@bench_app.command()
+def buffers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """BufferPool lease/release vs np.zeros/np.empty; shared slot reuse vs fresh segments."""
+    _run_benchmark("buffers", as_json, quick=quick)
+
+
+@bench_app.command("import")
+def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Cost of `import memwise` over bare Python, and an idle worker's private memory."""
+    _run_benchmark("imports", as_json, quick=quick)
+
+
+@bench_app.command()
+def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
+    _run_benchmark("isolation", as_json, quick=quick)
 
 
 def main() -> None:

@@ -60,7 +60,8 @@ def _shape(shape: int | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _allocate(shape: tuple[int, ...], dtype: np.dtype[Any], pool: SlotPool | None) -> Slot:
-    return (pool or default_pool()).allocate(math.prod(shape) * dtype.itemsize)
+    slots = pool if pool is not None else default_pool()
+    return slots.allocate(math.prod(shape) * dtype.itemsize)
 
 
 def _wrap(

@@ -18,6 +18,7 @@ import pickle
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -99,8 +100,9 @@ def borrow(handle: SlotHandle, *, writable: bool = False) -> np.ndarray:
 def take_returns() -> list[SlotHandle]:
     """Handles of borrowed slots this process no longer uses, to send back to their owners."""
     returns = []
-    while _returns:
-        returns.append(_returns.popleft())
+    with suppress(IndexError):  # emptied, possibly by another thread taking returns too
+        while True:
+            returns.append(_returns.popleft())
     return returns
 
 
@@ -149,9 +151,8 @@ def find_slot(obj: object) -> tuple[Slot, SlotHandle] | None:
     binding = _find(obj)
     if binding is None or binding.slot is None:
         return None
-    if not isinstance(obj, np.ndarray):  # datetime arrays have no buffer: use the array itself
-        with memoryview(obj) as view:  # type: ignore[arg-type]
-            obj = np.asarray(view)
+    if not isinstance(obj, np.ndarray):  # a memoryview or PickleBuffer: view its bytes
+        obj = np.asarray(memoryview(obj))  # type: ignore[arg-type]
     if not (obj.flags.c_contiguous or obj.flags.f_contiguous):
         return None
     offset = _address(obj) - binding.start if obj.nbytes else 0
