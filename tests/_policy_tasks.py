@@ -113,14 +113,15 @@ def touch_item(directory: Any, i: int) -> int:
     return i
 
 
-def slow_until(directory: Any, i: int, others: list[int]) -> int:
-    """Run as ``touch_item``, but only once the items ``others`` have run."""
-    for other in others:
-        wait_for(os.path.join(directory, str(other)))
+def first_waits(paths: list[Any], directory: Any, i: int) -> int:
+    """``touch_item``, except that item 0 first waits until every file in ``paths`` exists."""
+    if i == 0:
+        for path in paths:
+            wait_for(path)
     return touch_item(directory, i)
 
 
-def fail_item(directory: Any, i: int, bad: int) -> int:
+def fail_item(bad: int, directory: Any, i: int) -> int:
     """``touch_item``, raising ``ValueError`` for item ``bad``."""
     touch_item(directory, i)
     if i == bad:

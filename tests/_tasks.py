@@ -167,6 +167,13 @@ def hang() -> str:
     return "the pool did not kill me"
 
 
+def log_and_hang(log: Any) -> str:
+    """Append this worker's pid to ``log``, then hang."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return hang()
+
+
 def touch(path: Any) -> None:
     write_atomic(path, str(os.getpid()))
 

@@ -305,3 +305,22 @@ def test_stats_counts():
         assert stats["failed"] == 3  # raised, crashed, timed out
         assert stats["restarts"] == 2  # the crash and the timeout
         assert stats["timeouts"] == 1
+
+
+def test_tasks_submitted_along_with_a_long_one_do_not_wait_for_it(tmp_path):
+    with WorkerPool(2) as pool:
+        for f in [pool.submit(_tasks.square, i) for i in range(500)]:
+            f.result(WAIT)
+        release = tmp_path / "release"
+        # A burst of quick tasks with one long task in the middle, all submitted before the
+        # long one starts: however the pool batches them, the free worker must run every
+        # quick one while the long one blocks.
+        before = [pool.submit(_tasks.square, i) for i in range(30)]
+        long_task = pool.submit(_tasks.block, tmp_path / "pid", release)
+        after = [pool.submit(_tasks.square, i) for i in range(10)]
+        try:
+            _, not_done = concurrent.futures.wait(before + after, timeout=10)
+            assert not not_done, f"{len(not_done)} quick tasks waited for the long task"
+        finally:
+            _tasks.write_atomic(release, "")
+        long_task.result(WAIT)

@@ -105,3 +105,13 @@ def test_async_run_with_timeout():
             return await pool.run(_tasks.square, 5)
 
     assert asyncio.run(main()) == 25
+
+
+def test_timed_out_tasks_are_not_retried(tmp_path):
+    # A retry would only time out again: retries are for crashes.
+    log = tmp_path / "attempts"
+    with WorkerPool(1, retries=2) as pool:
+        with pytest.raises(TaskTimeout):
+            pool.submit(_tasks.log_and_hang, log, timeout=0.5).result(WAIT)
+        assert pool.submit(_tasks.square, 2).result(WAIT) == 4
+    assert len(log.read_text().split()) == 1

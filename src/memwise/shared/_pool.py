@@ -24,7 +24,7 @@ from memwise.errors import SharedMemoryError, SharedMemoryExhausted
 from memwise.shared import _cache, _segment
 from memwise.shared._guard import Guard
 from memwise.shared._names import Owner, current_owner, new_name
-from memwise.shared._report import SizeClassStats, SlotLeak, SlotStats, caller_site
+from memwise.shared._report import SlotLeak, SlotStats, caller_site, held_slots, pool_stats
 from memwise.shared._segment import Segment
 from memwise.shared._sizes import size_class
 from memwise.shared._slot import Entry, Slot, SlotHandle
@@ -375,42 +375,12 @@ class SlotPool:
 
     def stats(self) -> SlotStats:
         with self._guard:
-            classes: dict[int, list[int]] = {}
-            in_use = in_use_bytes = 0
-            for name, entry in self._entries.items():
-                size = entry.segment.size
-                counts = classes.setdefault(size, [0, 0])
-                counts[0] += 1
-                if name not in self._free:
-                    counts[1] += 1
-                    in_use += 1
-                    in_use_bytes += size
-            return SlotStats(
-                slots=len(self._entries),
-                bytes=sum(entry.segment.size for entry in self._entries.values()),
-                in_use=in_use,
-                in_use_bytes=in_use_bytes,
-                cap=self.cap,
-                classes=tuple(SizeClassStats(size, *classes[size]) for size in sorted(classes)),
-                **self._counts,
-            )
+            return pool_stats(self._entries.values(), self._free, self.cap, self._counts)
 
     def leaks(self) -> list[SlotLeak]:
         """Slots held right now, oldest first, with where they were allocated or adopted."""
-        now = time.monotonic()
         with self._guard:
-            held = [entry for name, entry in self._entries.items() if name not in self._free]
-            return [
-                SlotLeak(
-                    name=entry.segment.name,
-                    size=entry.segment.size,
-                    nbytes=entry.nbytes,
-                    site=entry.site,
-                    age=now - entry.since,
-                    borrowers=tuple(sorted(entry.borrows)),
-                )
-                for entry in sorted(held, key=lambda entry: entry.since)
-            ]
+            return held_slots(self._entries.values(), self._free)
 
     def __repr__(self) -> str:
         return f"SlotPool(owner={self.owner.pid}, cap={self.cap}, slots={len(self._entries)})"
