@@ -66,18 +66,17 @@ def labelled(label: str) -> tuple[str, int]:
     return label, _next_call()
 
 
-def block_labelled(label: str, pid_path: Any, release_path: Any) -> tuple[str, int]:
-    """``labelled``, after announcing this worker's pid and waiting for ``release_path``."""
-    write_atomic(pid_path, str(os.getpid()))
-    wait_for(release_path)
-    return labelled(label)
-
-
-def block_once(pid_path: Any, release_path: Any) -> int:
-    """Block as ``_tasks.block`` does; the test kills the worker and re-runs find it released."""
+def block(pid_path: Any, release_path: Any) -> int:
+    """Announce this worker's pid in ``pid_path``, wait until ``release_path`` exists; the pid."""
     write_atomic(pid_path, str(os.getpid()))
     wait_for(release_path)
     return os.getpid()
+
+
+def block_labelled(label: str, pid_path: Any, release_path: Any) -> tuple[str, int]:
+    """``labelled``, once ``block`` lets it through."""
+    block(pid_path, release_path)
+    return labelled(label)
 
 
 def index(i: int) -> int:

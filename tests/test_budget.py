@@ -46,9 +46,7 @@ def test_limit_in_bytes_or_a_size_string(limit, expected):
 
 
 def test_limit_as_a_fraction_of_available_memory(monkeypatch):
-    fixed = SystemMemory(
-        total=16 * GiB, available=8 * GiB, shmem=0, shm_free=None, shm_total=None
-    )
+    fixed = SystemMemory(total=16 * GiB, available=8 * GiB, shmem=0, shm_free=None, shm_total=None)
     monkeypatch.setattr(memory, "system", lambda: fixed)
     assert MemoryBudget(0.5).limit == 4 * GiB
     assert MemoryBudget(1.0).limit == 8 * GiB
@@ -282,8 +280,7 @@ def test_budget_admission_never_overlaps_tasks_that_do_not_fit_together(tmp_path
     budget = one_at_a_time()
     with WorkerPool(2, budget=budget) as pool:
         futures = [
-            pool.submit(tasks.exclusive, tmp_path, f"heavy{i}", 0.05, memory=GiB)
-            for i in range(6)
+            pool.submit(tasks.exclusive, tmp_path, f"heavy{i}", 0.05, memory=GiB) for i in range(6)
         ]
         overlaps = [future.result(WAIT) for future in futures]
     assert overlaps == [[]] * 6

@@ -25,7 +25,7 @@ def test_a_burst_runs_the_first_and_the_last_and_cancels_the_rest(tmp_path):
         rest = [pool.submit(_policy_tasks.index, i, coalesce="preview") for i in range(1, 100)]
         middle, last = rest[:-1], rest[-1]
         # The superseded requests are done (cancelled) at once, not when the worker frees up.
-        done, not_done = concurrent.futures.wait(middle, timeout=WAIT)
+        _, not_done = concurrent.futures.wait(middle, timeout=WAIT)
         assert not not_done
         assert all(f.cancelled() for f in middle)
         assert not first.done() and not last.done()

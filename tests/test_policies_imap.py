@@ -11,7 +11,6 @@ from collections import defaultdict
 import pytest
 
 import _policy_tasks
-from _policy_tasks import WAIT
 import _tasks
 from _tasks import wait_until
 from memwise import WorkerPool

@@ -11,7 +11,7 @@ from collections import defaultdict
 import pytest
 
 import _policy_tasks
-from _tasks import WAIT, read_pid, wait_until, write_atomic
+from _tasks import WAIT, read_pid, write_atomic
 from memwise import WorkerPool
 from memwise.pool.queue import slot_for
 
@@ -69,7 +69,7 @@ def test_a_key_keeps_its_slot_and_order_across_a_worker_restart(tmp_path):
         futures = submit_round_robin(pool, 200, KEYS)
         # Mid-stream, one task of the victim key blocks its worker, which the test then kills;
         # the tasks queued behind it (of every key of that slot) must wait for the replacement.
-        blocker = pool.submit(_policy_tasks.block_once, pid_path, release, key=victim_key)
+        blocker = pool.submit(_policy_tasks.block, pid_path, release, key=victim_key)
         futures += submit_round_robin(pool, 800, KEYS, start=200)
         killed = read_pid(pid_path)
         assert killed == old_pids[victim_slot]

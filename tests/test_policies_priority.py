@@ -1,4 +1,4 @@
-"""Priority: higher runs first among queued tasks, but never ahead of its own key's earlier tasks."""
+"""Priority: higher runs first among queued tasks, never ahead of its own key's earlier tasks."""
 
 from __future__ import annotations
 
@@ -51,8 +51,7 @@ def test_priority_never_reorders_a_key(tmp_path):
             # Key k's later tasks have ever higher priority; they still run in submission
             # order. Unkeyed high-priority work overtakes k's low-priority head.
             keyed = [
-                pool.submit(_policy_tasks.labelled, f"k{i}", key="k", priority=i)
-                for i in range(4)
+                pool.submit(_policy_tasks.labelled, f"k{i}", key="k", priority=i) for i in range(4)
             ]
             low = [pool.submit(_policy_tasks.labelled, f"low{i}") for i in range(2)]
             high = [pool.submit(_policy_tasks.labelled, f"high{i}", priority=9) for i in range(2)]

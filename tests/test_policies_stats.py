@@ -16,7 +16,17 @@ from memwise.pool.queue import slot_for
 pytestmark = pytest.mark.timeout(60)
 
 TOTALS = ("submitted", "queued", "running", "done", "failed", "cancelled", "restarts", "timeouts")
-SLOT_FIELDS = {"slot", "pid", "state", "key", "tasks_done", "private", "rss", "restarts", "recycles"}
+SLOT_FIELDS = {
+    "slot",
+    "pid",
+    "state",
+    "key",
+    "tasks_done",
+    "private",
+    "rss",
+    "restarts",
+    "recycles",
+}
 
 
 def test_stats_of_a_fresh_pool():
@@ -44,9 +54,7 @@ def test_stats_while_busy_and_after(tmp_path):
     slot = slot_for(key, 2)
     with WorkerPool(2, recycle=Recycle(tasks=3)) as pool:
         first_pid = pool.stats()["slots"][slot]["pid"]
-        blocker = pool.submit(
-            _policy_tasks.block_once, tmp_path / "pid", tmp_path / "go", key=key
-        )
+        blocker = pool.submit(_policy_tasks.block, tmp_path / "pid", tmp_path / "go", key=key)
         assert read_pid(tmp_path / "pid") == first_pid
         queued = [pool.submit(_policy_tasks.index, i, key=key) for i in range(2)]
         assert wait_until(lambda: pool.stats()["queued"] == 2)
@@ -80,7 +88,7 @@ def test_stats_while_busy_and_after(tmp_path):
 
 def test_stats_counts_cancelled_tasks(tmp_path):
     with WorkerPool(1) as pool:
-        blocker = pool.submit(_policy_tasks.block_once, tmp_path / "pid", tmp_path / "go")
+        blocker = pool.submit(_policy_tasks.block, tmp_path / "pid", tmp_path / "go")
         read_pid(tmp_path / "pid")
         superseded = [pool.submit(_policy_tasks.index, i, coalesce="tag") for i in range(3)]
         concurrent.futures.wait(superseded[:-1], timeout=WAIT)

@@ -192,9 +192,8 @@ def test_map_timeout(shared_pool, tmp_path):
         with pytest.raises(concurrent.futures.TimeoutError):
             next(results)
     finally:
-        # Let the task end so the shared pool is idle again.
+        # Let the task end (if it started at all) so the shared pool is idle again.
         _tasks.write_atomic(release, "")
-    _tasks.wait_for(tmp_path / "pid")
     assert shared_pool.submit(_tasks.square, 2).result(WAIT) == 4
 
 

@@ -46,9 +46,9 @@ def test_submit_timeout_kills_a_hung_task():
 def test_submit_timeout_overrides_the_pool_timeout():
     with WorkerPool(1, timeout=0.2) as pool:
         # Sleeps longer than the pool's limit, but its own limit is generous.
-        assert pool.submit(_tasks.sleep_then, "slow", 1.0, timeout=WAIT).result(WAIT) == "slow"
+        assert pool.submit(_tasks.sleep_then, "slow", 0.6, timeout=WAIT).result(WAIT) == "slow"
         # timeout=None lifts the limit for this call.
-        assert pool.submit(_tasks.sleep_then, "free", 1.0, timeout=None).result(WAIT) == "free"
+        assert pool.submit(_tasks.sleep_then, "free", 0.6, timeout=None).result(WAIT) == "free"
         assert pool.stats()["timeouts"] == 0
 
 

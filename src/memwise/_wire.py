@@ -12,7 +12,7 @@ import pickle
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from memwise.errors import RemoteError, RemoteTraceback, SerializationError
 
@@ -21,6 +21,14 @@ PROTOCOL = 5
 # What failed to travel, for the error message; a callable defers building the text to the
 # error path, since formatting it on every call costs as much as pickling a small call.
 What = Union[str, Callable[[], str]]  # noqa: UP007 - a runtime alias on Python 3.10
+
+
+class BufferSink(Protocol):
+    """A pickle ``buffer_callback`` that can forget what it took (see :mod:`memwise._oob`)."""
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool: ...
+
+    def reset(self) -> None: ...
 
 
 def _text(what: What) -> str:
@@ -37,22 +45,31 @@ def _interactive_main() -> bool:
     return main is not None and not hasattr(main, "__file__")
 
 
-def dumps(obj: Any, what: What, *, calls: bool = False) -> bytes:
+def dumps(
+    obj: Any,
+    what: What,
+    *,
+    calls: bool = False,
+    buffer_callback: BufferSink | None = None,
+) -> bytes:
     """Pickle ``obj``; ``what`` names it in the error message ("the arguments of f()").
 
     ``calls`` marks functions and their arguments sent to workers, which must go by value
-    when they may come from an interactive ``__main__``.
+    when they may come from an interactive ``__main__``. ``buffer_callback`` takes large
+    buffers out of band (see :mod:`memwise._oob`).
     """
     first_error: Exception | None = None
     if not (calls and _interactive_main()):
         try:
-            return pickle.dumps(obj, PROTOCOL)
+            return pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
         except Exception as exc:
             first_error = exc
     try:
         import cloudpickle
 
-        return cloudpickle.dumps(obj, PROTOCOL)
+        if buffer_callback is not None:
+            buffer_callback.reset()  # forget buffers taken by the failed attempt
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     except Exception as exc:
         raise SerializationError(
             f"could not pickle {_text(what)}: {first_error or exc!r}; pass picklable values "
@@ -60,10 +77,10 @@ def dumps(obj: Any, what: What, *, calls: bool = False) -> bytes:
         ) from exc
 
 
-def loads(data: bytes, what: What) -> Any:
+def loads(data: bytes, what: What, buffers: list[Any] | None = None) -> Any:
     """Unpickle ``data``; failures (missing modules, broken ``__reduce__``) become typed errors."""
     try:
-        return pickle.loads(data)
+        return pickle.loads(data, buffers=buffers)
     except Exception as exc:
         raise SerializationError(
             f"could not unpickle {_text(what)}: {exc!r}; check that the class is importable in "

@@ -152,4 +152,4 @@ def _slots_in_use() -> int:
     shared = sys.modules.get("memwise.shared")
     if shared is None:
         return 0
-    return int(shared.stats().bytes_in_use)
+    return int(shared.stats().in_use_bytes)

@@ -6,7 +6,11 @@ They live in an importable module, not in the benchmark scripts, so that every s
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+from memwise.memory import private_memory
 
 # 2 MiB of float64. The ufuncs are transcendental, so the work is bound by each core's arithmetic
 # rather than by the memory bandwidth the two workers share, which would blur the scaling figure.
@@ -38,3 +42,18 @@ def numpy_work() -> float:
         np.sqrt(y, out=y)
         np.add(x, y, out=x)
     return float(x[-1])
+
+
+# What ``retain`` keeps alive for the life of its worker process: a leak, on purpose.
+_retained: list[bytes] = []
+
+
+def retain(nbytes: int) -> tuple[int, int]:
+    """Keep ``nbytes`` alive in this worker for good; return ``(pid, private memory)``.
+
+    ``b"x" * n`` writes every page, so the leak is resident at once (``bytes(n)`` may get
+    untouched zero pages from calloc). Private memory is measured last: the most this task
+    leaves its worker holding.
+    """
+    _retained.append(b"x" * nbytes)
+    return os.getpid(), private_memory()

@@ -12,9 +12,9 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
-from memwise import _wire
+from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import SerializationError
+from memwise.errors import SerializationError, SharedMemoryError
 from memwise.memory import parse_size
 from memwise.pool.imap import bounded_results
 from memwise.pool.policies import Recycle
@@ -70,6 +70,12 @@ class WorkerPool(Executor):
         trim: return freed heap memory to the OS after every task (glibc ``malloc_trim``).
         budget: a :class:`MemoryBudget`; a task starts only when the measured memory (this
             process, the workers, shared slots) plus its ``submit(memory=...)`` fits.
+        shm_threshold: buffers (ndarray data, bytes-like objects) of at least this size cross
+            processes through shared-memory slots instead of the pipe, in both directions:
+            arrays arrive as read-only views of the slots, with no copy on receive.
+        shm_fallback: when the shared-memory cap is reached, pickle through the pipe with a
+            warning instead of waiting for a slot and then failing with
+            ``SharedMemoryExhausted``.
         start_method: ``"forkserver"`` (Linux default), ``"spawn"`` (elsewhere) or ``"fork"``.
 
     Functions and arguments travel by pickle (protocol 5), falling back to cloudpickle for
@@ -93,6 +99,8 @@ class WorkerPool(Executor):
         max_restarts: int | None = None,
         trim: bool = False,
         budget: MemoryBudget | None = None,
+        shm_threshold: int | str = _oob.DEFAULT_THRESHOLD,
+        shm_fallback: bool = False,
         start_method: str | None = None,
     ) -> None:
         if workers is not None and max_workers is not None and workers != max_workers:
@@ -112,6 +120,8 @@ class WorkerPool(Executor):
         self._workers = workers
         self._timeout = timeout
         self._budget = budget
+        self._shm_threshold = parse_size(shm_threshold)
+        self._shm_fallback = shm_fallback
         self._supervisor = Supervisor(
             PoolConfig(
                 max_workers=workers,
@@ -124,6 +134,7 @@ class WorkerPool(Executor):
                 max_restarts=max_restarts,
                 trim=trim,
                 budget=budget,
+                shm_threshold=self._shm_threshold,
             )
         )
         self._supervisor.start()
@@ -164,13 +175,20 @@ class WorkerPool(Executor):
         if memory and self._budget is None:
             raise ValueError("submit(memory=...) reserves memory in a budget: pass budget= too")
         future: Future[T] = Future()
+        outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
             payload = _wire.dumps(
-                (fn, args, kwargs), lambda: f"the call {_wire.describe(fn)}(...)", calls=True
+                (fn, args, kwargs),
+                lambda: f"the call {_wire.describe(fn)}(...)",
+                calls=True,
+                buffer_callback=outgoing,
             )
-        except SerializationError as exc:
+        except (SerializationError, SharedMemoryError) as exc:
+            outgoing.release()
             future.set_exception(exc)
             return future
+        if outgoing.holds:
+            future.add_done_callback(lambda _: outgoing.release())
         task = Task(
             future,
             payload,
@@ -181,6 +199,7 @@ class WorkerPool(Executor):
             priority=priority,
             coalesce=coalesce,
             memory=parse_size(memory),
+            outgoing=outgoing if outgoing.handles else None,
         )
         self._supervisor.submit(task)
         return future

@@ -22,6 +22,7 @@ import pickle
 import time
 from typing import TYPE_CHECKING
 
+from memwise import _oob
 from memwise.errors import BrokenPool, TaskTimeout, WorkerCrashed, WorkerInitError
 from memwise.memory import format_size
 from memwise.pool.handle import State, Worker, describe_exit
@@ -40,6 +41,8 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
         sup.on_message(worker, pickle.loads(data))
     worker.process.join(1.0)
     exitcode = worker.process.exitcode
+    if not (worker.state is State.STOPPING and not worker.outstanding):
+        _oob.reclaim(worker.pid)  # its loans end; what it created and held is unlinked
     sup.forget(worker)
     if sup.broken is not None:
         return
@@ -82,7 +85,7 @@ def _on_start_failure(sup: Supervisor, worker: Worker, exitcode: int | None) -> 
 
 
 def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
-    started = worker.started.value
+    started = worker.ledger.started.value
     running = next((t for t in worker.outstanding if t.id == started), None)
     for task in worker.outstanding:
         task.release_memory()

@@ -10,6 +10,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from memwise import _channel
+from memwise.pool.ledger import Ledger
 from memwise.pool.task import Task
 
 STOP_GRACE_SECONDS = 5.0
@@ -29,11 +30,11 @@ class Worker:
     finishes those it holds, then stops.
     """
 
-    def __init__(self, slot: int, process: Any, conn: Any, alive: Any, started: Any) -> None:
+    def __init__(self, slot: int, process: Any, conn: Any, alive: Any, ledger: Ledger) -> None:
         self.slot = slot
-        # Shared with the process, which writes there the id of each task as it starts it: on
-        # a death, this tells the task that was running from those that never started.
-        self.started = started
+        self.ledger = ledger
+        # Numbers the run messages sent to it, so that revoking (see Ledger) can name them.
+        self.epoch = 0
         self.process = process
         self.conn = conn
         self.channel = _channel.channel(conn)
@@ -50,6 +51,8 @@ class Worker:
         self.last_key: Hashable = None
         self.private: int | None = None
         self.retiring = False
+        # Result sizes (bytes) it produced in shared memory, owed a warm slot each.
+        self.result_sizes: dict[int, int] = {}
 
     def deadline(self, init_timeout: float, idle: float | None) -> float | None:
         """When the supervisor must next act on this worker on its own, or None."""

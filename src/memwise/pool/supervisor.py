@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwise import _wire
+from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, WorkerInitError
 from memwise.memory import private_memory
@@ -29,9 +29,12 @@ from memwise.pool import deaths
 from memwise.pool import worker as _worker_module
 from memwise.pool.context import get_context
 from memwise.pool.handle import State, Worker
+from memwise.pool.ledger import Ledger
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import TaskQueue
 from memwise.pool.task import Task
+from memwise.shared import sweep_orphans
+from memwise.shared._names import current_owner
 
 # Tasks are pipelined (sent before the worker is free) only while the typical task is short,
 # so that long tasks are never stuck behind each other on one worker while another is idle.
@@ -40,6 +43,10 @@ MAX_PIPELINE_DEPTH = 64
 # A message sent to a busy worker must fit in the socket buffer, or the supervisor would block
 # until that worker finished its task (and deadlock if the worker is sending a large result).
 PIPELINE_BYTES = 16 * 1024
+# How many warm result slots of one size a worker may be given back at once.
+RESTOCK_DEPTH = 2
+# A task running this long while others wait behind it on the same worker has them taken back.
+STEAL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class PoolConfig:
     max_restarts: int | None = None
     trim: bool = False
     budget: MemoryBudget | None = None
+    shm_threshold: int = _oob.DEFAULT_THRESHOLD
 
 
 class Supervisor:
@@ -89,7 +97,7 @@ class Supervisor:
         self.started = threading.Event()
         self.startup_error: BaseException | None = None
         self.counts: dict[str, int] = Counter(
-            submitted=0, done=0, failed=0, cancelled=0, restarts=0, timeouts=0
+            submitted=0, done=0, failed=0, cancelled=0, restarts=0, timeouts=0, stolen=0
         )
         self.recycles: Counter[str] = Counter()
         self.slot_restarts: Counter[int] = Counter()
@@ -100,6 +108,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the supervisor; wait until ``min_workers`` are ready or one fails to start."""
+        sweep_orphans()  # shared memory left by a pool whose process was killed
         self._thread.start()
         self.started.wait()
         if self.startup_error is not None:
@@ -139,8 +148,11 @@ class Supervisor:
         task.claim()
         worker.busy_since = time.monotonic()
         worker.outstanding.append(task)
+        if task.key is not None:
+            worker.last_key = task.key
+        message = ("run", [task.entry(worker.pid)], self._restock(worker), worker.epoch)
         try:
-            worker.channel.send(pickle.dumps(("run", [(task.id, task.payload)]), _wire.PROTOCOL))
+            worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
         except OSError:
             pass  # the worker died; the supervisor re-queues or fails the task with the others
         if task.timeout is not None or self.config.recycle.hard_memory is not None:
@@ -221,6 +233,8 @@ class Supervisor:
             while not self._finished():
                 for key, _events in self._selector.select(timeout):
                     key.data()
+                if timeout is not None:
+                    self._enforce_deadlines()  # a deadline passed: act before dispatching
                 self._dispatch()
                 self._ensure_workers()
                 timeout = self._enforce_deadlines()
@@ -314,10 +328,10 @@ class Supervisor:
     def _start_worker(self, slot: int) -> None:
         conn, child_conn = self._ctx.Pipe(duplex=True)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
-        started = self._ctx.RawValue("q", 0)
+        ledger = Ledger(self._ctx)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_module.main,
-            args=(child_conn, alive_r, started),
+            args=(child_conn, alive_r, ledger),
             name=f"memwise-worker-{slot}",
         )
         try:
@@ -325,7 +339,7 @@ class Supervisor:
         finally:
             child_conn.close()
             alive_r.close()
-        worker = Worker(slot, process, conn, alive_w, started)
+        worker = Worker(slot, process, conn, alive_w, ledger)
         self.workers[slot] = worker
         if self.config.budget is not None:
             self.config.budget.track(worker.pid)
@@ -336,6 +350,8 @@ class Supervisor:
         options = {
             "report_memory": self.config.recycle.needs_memory_reports,
             "trim": self.config.trim,
+            "owner": current_owner(),
+            "shm_threshold": self.config.shm_threshold,
         }
         try:
             worker.channel.send(
@@ -402,6 +418,13 @@ class Supervisor:
                 self._on_deadline(worker)
             elif deadline is not None and (nearest is None or deadline < nearest):
                 nearest = deadline
+        for worker in list(self.workers.values()):
+            if len(worker.outstanding) > 1 and worker.kill_reason is None:
+                steal_at = worker.busy_since + STEAL_SECONDS
+                if steal_at <= now:
+                    self._steal(worker)
+                elif nearest is None or steal_at < nearest:
+                    nearest = steal_at
         if self.config.recycle.hard_memory is not None and any(
             w.outstanding for w in self.workers.values()
         ):
@@ -413,6 +436,29 @@ class Supervisor:
             recheck = now + self.config.budget.poll
             nearest = recheck if nearest is None else min(nearest, recheck)
         return None if nearest is None else max(0.0, nearest - now)
+
+    def _steal(self, worker: Worker) -> None:
+        """Take back the tasks queued behind a task that runs far longer than usual.
+
+        Pipelining bets that tasks stay short; when one does not, the tasks sent behind it go
+        back to the queue, where any free worker takes them (see :mod:`memwise.pool.ledger`).
+        """
+        running = worker.ledger.revoke(worker.epoch)
+        if running is None:
+            return
+        worker.epoch += 1
+        # Tasks up to the running one have started (their results may still be in the pipe);
+        # the ones after it have not, and now never will on this worker.
+        ids = [t.id for t in worker.outstanding]
+        keep = ids.index(running) + 1 if running in ids else 0
+        stolen = list(worker.outstanding)[keep:]
+        worker.outstanding = deque(list(worker.outstanding)[:keep])
+        for task in stolen:
+            task.release_memory()
+            if task.outgoing is not None:
+                _oob.returned(list(task.outgoing.handles), worker.pid)
+        self.queue.push_back(stolen)
+        self.counts["stolen"] += 1
 
     def _idle_limit(self, worker: Worker) -> float | None:
         idle = self.config.recycle.idle
@@ -492,11 +538,17 @@ class Supervisor:
         status: int,
         payload: bytes,
         seconds: float,
+        gifts: tuple[Any, ...],
+        returns: list[Any],
         private: int | None,
     ) -> None:
         task = worker.outstanding.popleft()
         assert task.id == task_id, "worker results arrived out of order"
         task.release_memory()
+        _oob.returned(returns, worker.pid)
+        for gift in gifts:
+            produced = worker.result_sizes
+            produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, RESTOCK_DEPTH)
         now = time.monotonic()
         worker.busy_since = now
         worker.tasks_done += 1
@@ -507,7 +559,7 @@ class Supervisor:
             seconds if self._service_time is None else 0.8 * self._service_time + 0.2 * seconds
         )
         self.failures.clear()
-        self._complete(task, status, payload)
+        self._complete(task, status, payload, gifts)
         if not worker.retiring:
             reason = self.config.recycle.after_task(worker.tasks_done, private)
             if reason is not None:
@@ -516,10 +568,11 @@ class Supervisor:
         elif not worker.outstanding:
             self.stop(worker)
 
-    def _complete(self, task: Task, status: int, payload: bytes) -> None:
+    def _complete(self, task: Task, status: int, payload: bytes, gifts: tuple[Any, ...]) -> None:
         try:
             if status == _worker_module.OK:
-                value = _wire.loads(payload, lambda: f"the result of {task}")
+                buffers = _oob.adopted(gifts)
+                value = _wire.loads(payload, lambda: f"the result of {task}", buffers)
             else:
                 error = _wire.load_exception(payload)
         except SerializationError as exc:
@@ -660,9 +713,14 @@ class Supervisor:
     def _send(self, worker: Worker, batch: list[Task]) -> None:
         if not worker.outstanding:
             worker.busy_since = time.monotonic()
-        message = pickle.dumps(("run", [(t.id, t.payload) for t in batch]), _wire.PROTOCOL)
+        message = (
+            "run",
+            [t.entry(worker.pid) for t in batch],
+            self._restock(worker),
+            worker.epoch,
+        )
         try:
-            worker.channel.send(message)
+            worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
         except OSError:
             # The worker died before it could read: nothing ran, so nothing counts as tried.
             for task in batch:
@@ -673,6 +731,17 @@ class Supervisor:
         keys = [t.key for t in batch if t.key is not None]
         if keys:
             worker.last_key = keys[-1]
+
+    @staticmethod
+    def _restock(worker: Worker) -> tuple[Any, ...]:
+        """Warm free slots of the sizes this worker's results take, sent with its next task."""
+        if not worker.result_sizes:
+            return ()
+        gifts = _oob.restock(worker.result_sizes, worker.pid)
+        for gift in gifts:
+            worker.result_sizes[gift.nbytes] -= 1
+        worker.result_sizes = {k: v for k, v in worker.result_sizes.items() if v > 0}
+        return gifts
 
     # ----- the end -----------------------------------------------------------------------
 

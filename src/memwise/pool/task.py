@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memwise import _wire
+
+if TYPE_CHECKING:
+    from memwise._oob import Outgoing
 
 _ids = itertools.count(1)
 
@@ -32,6 +35,7 @@ class Task:
         "id",
         "key",
         "memory",
+        "outgoing",
         "payload",
         "priority",
         "reservation",
@@ -52,6 +56,7 @@ class Task:
         priority: int = 0,
         coalesce: Hashable = None,
         memory: int = 0,
+        outgoing: Outgoing | None = None,
     ) -> None:
         self.future = future
         self.payload = payload
@@ -62,6 +67,7 @@ class Task:
         self.priority = priority
         self.coalesce = coalesce
         self.memory = memory  # bytes reserved in the pool's MemoryBudget while it runs
+        self.outgoing = outgoing  # slots holding its large arguments (see memwise._oob)
         self.reservation: Any = None
         self.blocked_since: float | None = None  # when the budget first had no room for it
         self.id = next(_ids)
@@ -80,6 +86,11 @@ class Task:
         if not self.claimed:
             self.claimed = self.future.set_running_or_notify_cancel()
         return self.claimed
+
+    def entry(self, pid: int) -> tuple[int, bytes, tuple[Any, ...]]:
+        """What a ``run`` message carries for this task to worker ``pid``."""
+        handles = () if self.outgoing is None else self.outgoing.lend(pid)
+        return (self.id, self.payload, handles)
 
     def release_memory(self) -> None:
         """Give back the task's budget reservation (it ended, or goes back to the queue)."""

@@ -6,12 +6,14 @@ memwise's light modules: a fork from the server then starts a worker in a few mi
 Protocol (each message one pickled tuple on the duplex pipe):
 
 parent → worker: ``("init", payload, options)`` once, then
-``("run", [(task_id, payload), ...])`` any number of times, then ``("stop",)``. The tasks of
+``("run", [(task_id, payload, slot_handles), ...], restock, epoch)`` any number of times, then
+``("stop",)``. The tasks of
 one ``run`` message and of successive ones are executed strictly in order, which lets the
 parent know which task was running when a worker dies: the oldest one without a result.
 
 worker → parent: ``("ready", pid)`` or ``("init_error", exception)``, then one
-``("done", task_id, status, payload, seconds, private_memory_or_None)`` per task in order.
+``("done", task_id, status, payload, seconds, result_slots, returned_slots, private_memory)``
+per task, in order. Slot handles are explained in :mod:`memwise._oob`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import time
 from collections import deque
 from typing import Any
 
-from memwise import _channel, _wire
+from memwise import _channel, _oob, _wire
 from memwise.errors import SerializationError
+from memwise.pool.ledger import Ledger
 
 OK, RAISED = 0, 1
 EXIT_PARENT_GONE = 70
@@ -111,19 +114,34 @@ def _initialize(conn: _channel.Channel, payload: bytes | None) -> bool:
     return True
 
 
-def _execute(task_id: int, payload: bytes) -> tuple[int, int, bytes, float]:
+def _execute(
+    task_id: int, payload: bytes, handles: tuple[Any, ...], slots: _oob.WorkerSlots
+) -> tuple[int, int, bytes, float, tuple[Any, ...]]:
+    """Run one task; returns (id, status, pickled result or exception, seconds, result slots).
+
+    Its arguments, and the views of shared memory under them, are freed when this returns,
+    so the caller can hand the borrowed slots back right after.
+    """
     start = time.perf_counter()
     try:
-        fn, args, kwargs = _wire.loads(payload, lambda: f"task {task_id}")
+        fn, args, kwargs = _wire.loads(
+            payload, lambda: f"task {task_id}", buffers=_oob.borrowed(handles)
+        )
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        return task_id, RAISED, _wire.dump_exception(exc), time.perf_counter() - start
+        return task_id, RAISED, _wire.dump_exception(exc), time.perf_counter() - start, ()
     seconds = time.perf_counter() - start
+    encoder = slots.encoder()
     try:
-        data = _wire.dumps(result, lambda: f"the result of {_wire.describe(fn)}() (task {task_id})")
+        data = _wire.dumps(
+            result,
+            lambda: f"the result of {_wire.describe(fn)}() (task {task_id})",
+            buffer_callback=encoder,
+        )
     except SerializationError as exc:
-        return task_id, RAISED, _wire.dump_exception(exc), seconds
-    return task_id, OK, data, seconds
+        encoder.reset()
+        return task_id, RAISED, _wire.dump_exception(exc), seconds, ()
+    return task_id, OK, data, seconds, tuple(encoder.gifts)
 
 
 def _after_task(options: dict[str, Any]) -> int | None:
@@ -139,7 +157,7 @@ def _after_task(options: dict[str, Any]) -> int | None:
     return None
 
 
-def main(conn: Any, alive: Any, started: Any) -> None:
+def main(conn: Any, alive: Any, ledger: Ledger) -> None:
     """Entry point of a worker process."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -151,13 +169,18 @@ def main(conn: Any, alive: Any, started: Any) -> None:
     kind, payload, options = pickle.loads(inbox.popleft())
     if kind != "init" or not _initialize(channel, payload):
         sys.exit(EXIT_INIT_FAILED)
-    backlog: deque[tuple[int, bytes]] = deque()
+    slots = _oob.WorkerSlots(options["owner"], options["shm_threshold"])
+    borrowing = False
+    backlog: deque[tuple[int, tuple[int, bytes, tuple[Any, ...]]]] = deque()
     while True:
         if backlog:
-            task_id, payload = backlog.popleft()
-            started.value = task_id
-            outcome = _execute(task_id, payload)
-            _send(channel, ("done", *outcome, _after_task(options)))
+            epoch, (task_id, payload, handles) = backlog.popleft()
+            if not ledger.begin(task_id, epoch):
+                continue  # taken back by the supervisor while we were busy
+            borrowing = borrowing or bool(handles)
+            outcome = _execute(task_id, payload, handles, slots)
+            returns = _oob.returns() if borrowing else []
+            _send(channel, ("done", *outcome, returns, _after_task(options)))
             continue
         if not inbox:
             try:
@@ -168,4 +191,6 @@ def main(conn: Any, alive: Any, started: Any) -> None:
         message = pickle.loads(inbox.popleft())
         if message[0] == "stop":
             return
-        backlog.extend(message[1])
+        _, tasks, restock, epoch = message
+        slots.stock(restock)
+        backlog.extend((epoch, task) for task in tasks)

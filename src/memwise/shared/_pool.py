@@ -127,6 +127,19 @@ class SlotPool:
         _discard(doomed)
         return self._lease_new(size, nbytes, site)
 
+    def take_free(self, nbytes: int) -> Slot | None:
+        """A free slot that fits ``nbytes`` if one is ready, else None: never creates or waits.
+
+        For restocking workers with warm slots, where creating one would only move the cost.
+        """
+        with self._guard:
+            self._check_open()
+            entry = self._take_free(size_class(nbytes))
+            if entry is None:
+                return None
+            self._counts["reused"] += 1
+            return self._lease(entry, nbytes, caller_site())
+
     def _reuse_or_reserve(
         self, size: int, nbytes: int, site: str, doomed: list[Entry]
     ) -> Slot | Literal[True] | None:

@@ -1,0 +1,348 @@
+"""``memwise bench recycle``: keeping leaky workers' memory bounded, and what it costs.
+
+Every task retains 3 MiB for good in a module-level list of its worker (a leak), on two workers.
+Systems, each driven through its own documented setting:
+
+- ``memwise``: ``Recycle(memory=limit)``: a worker whose private memory exceeds the limit after
+  a task is replaced.
+- ``memwise-norecycle``: the same pool without recycling: the throughput reference, and the
+  memory an unchecked leak reaches.
+- ``loky``: its ``ProcessPoolExecutor`` has no task-count or memory-limit option (loky 3.7's
+  constructor takes ``max_workers, job_reducers, result_reducers, timeout, context,
+  initializer, initargs, env``). Its one remedy is a built-in leak guard: after a task, at most
+  once a second, a worker whose RSS has grown more than ``LOKY_MAX_MEMORY_LEAK_SIZE`` (default
+  300 MB) over its size after its first task exits. That variable is set to the limit here,
+  through the executor's ``env=``.
+- ``pebble``: ``ProcessPool(max_tasks=limit // task bytes)``, a task count standing in for the
+  memory limit. It gets the forkserver context memwise uses: a plainly forked worker would count
+  its parent's copy-on-write pages as its own private memory.
+
+Figures per system: ``peak_worker_mb``, the most private memory one worker held (the larger of
+what a sampler thread saw every 20 ms and what the tasks measured in their worker before
+returning); ``peak_total_mb``, all workers together at one sample; ``final_total_mb``, all
+workers after the last result; ``recycles``; ``tasks_per_s`` over the leaking tasks. Each run is
+a fresh pool, warmed up first; with repeats, throughput is the best run's and memory the worst.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rich.console import Console
+
+from memwise.benchmarks._harness import (
+    BenchResult,
+    Figures,
+    Metric,
+    print_result,
+    ratios_against,
+)
+from memwise.benchmarks._tasks import retain
+from memwise.memory import private_memory
+
+__all__ = ["METRICS", "SYSTEMS", "RecycleResult", "print_table", "run"]
+
+WORKERS = 2
+MiB = 1024 * 1024
+TASK_BYTES = 3 * MiB
+SAMPLE_S = 0.02
+# A hung pool fails its system instead of stalling the benchmark; far above any healthy wait.
+WAIT_S = 300.0
+# The target: recycling may cost at most this share of the throughput without it.
+THROUGHPUT_TOLERANCE = 0.10
+
+METRICS = (
+    Metric("peak_worker_mb", "peak worker MiB", ",.1f", higher_is_better=False),
+    Metric("peak_total_mb", "peak all MiB", ",.1f", higher_is_better=False),
+    Metric("final_total_mb", "final all MiB", ",.1f", higher_is_better=False),
+    Metric("recycles", "recycles", ",.0f", higher_is_better=False),
+    Metric("tasks_per_s", "tasks/s", ",.0f"),
+)
+# A ratio of recycle counts says nothing: the ratios table leaves that column out.
+RATIO_METRICS = tuple(m for m in METRICS if m.key != "recycles")
+
+
+class RecycleResult(BenchResult):
+    """``BenchResult`` plus the configuration the targets are checked against."""
+
+    limit_bytes: int
+    task_bytes: int
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tasks: int
+    limit: int
+    repeats: int
+
+
+FULL = Sizes(tasks=300, limit=100 * MiB, repeats=3)
+# Fewer tasks leak less, so a lower limit keeps recycling in the picture.
+QUICK = Sizes(tasks=100, limit=60 * MiB, repeats=1)
+
+
+class Pool(Protocol):
+    """One library's pool behind the interface the measurement uses."""
+
+    def start(self, limit: int) -> None: ...
+
+    def submit(self, fn: Callable[[int], Any], arg: int) -> Future[Any]: ...
+
+    def recycles(self, worker_pids: set[int]) -> int:
+        """Workers replaced so far, given the pids of every worker that ran a task."""
+
+    def close(self) -> None: ...
+
+
+class _Memwise:
+    def __init__(self, recycle: bool) -> None:
+        self._recycle = recycle
+        self._pool: Any = None
+
+    def start(self, limit: int) -> None:
+        from memwise import WorkerPool
+        from memwise.pool.policies import Recycle
+
+        self._pool = WorkerPool(WORKERS, recycle=Recycle(memory=limit) if self._recycle else None)
+
+    def submit(self, fn: Callable[[int], Any], arg: int) -> Future[Any]:
+        return self._pool.submit(fn, arg)
+
+    def recycles(self, worker_pids: set[int]) -> int:
+        return sum(self._pool.stats()["recycles"].values())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class _Loky:
+    def __init__(self) -> None:
+        self._pool: Any = None
+
+    def start(self, limit: int) -> None:
+        import loky
+
+        self._pool = loky.ProcessPoolExecutor(
+            max_workers=WORKERS, env={"LOKY_MAX_MEMORY_LEAK_SIZE": str(limit)}
+        )
+
+    def submit(self, fn: Callable[[int], Any], arg: int) -> Future[Any]:
+        return self._pool.submit(fn, arg)
+
+    def recycles(self, worker_pids: set[int]) -> int:
+        return len(worker_pids) - WORKERS
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class _Pebble:
+    def __init__(self) -> None:
+        self._pool: Any = None
+
+    def start(self, limit: int) -> None:
+        import pebble
+
+        self._pool = pebble.ProcessPool(
+            max_workers=WORKERS,
+            max_tasks=max(1, limit // TASK_BYTES),
+            context=multiprocessing.get_context("forkserver"),
+        )
+
+    def submit(self, fn: Callable[[int], Any], arg: int) -> Future[Any]:
+        return self._pool.schedule(fn, args=(arg,))
+
+    def recycles(self, worker_pids: set[int]) -> int:
+        return len(worker_pids) - WORKERS
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+
+
+SYSTEMS: dict[str, Callable[[], Pool]] = {
+    "memwise": lambda: _Memwise(recycle=True),
+    "memwise-norecycle": lambda: _Memwise(recycle=False),
+    "loky": _Loky,
+    "pebble": _Pebble,
+}
+
+
+def run(quick: bool = False) -> RecycleResult:
+    """Measure every system in this process; ``quick`` runs fewer tasks under a lower limit.
+
+    A system that cannot be imported or that fails is listed in ``skipped`` with the reason.
+    """
+    sizes = QUICK if quick else FULL
+    results: dict[str, Figures] = {}
+    skipped: dict[str, str] = {}
+    for name, factory in SYSTEMS.items():
+        try:
+            results[name] = _measure(factory, sizes)
+        except ImportError as exc:
+            skipped[name] = f"not available: {exc}"
+        # A peer that breaks must not take the other systems' figures down with it.
+        except Exception as exc:
+            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    return {
+        "benchmark": "recycle",
+        "results": results,
+        "skipped": skipped,
+        "ratios": ratios_against(results, "memwise", RATIO_METRICS),
+        "limit_bytes": sizes.limit,
+        "task_bytes": TASK_BYTES,
+    }
+
+
+def print_table(result: RecycleResult, console: Console | None = None) -> None:
+    """Print the figures, memwise ÷ each peer, and whether memwise met the issue's targets."""
+    console = console or Console()
+    print_result(result, METRICS, "memwise", console)
+    console.print(
+        f"limit {result['limit_bytes'] / MiB:.0f} MiB, each task retains "
+        f"{result['task_bytes'] / MiB:.0f} MiB, {WORKERS} workers"
+    )
+    for line in target_lines(result):
+        console.print(line)
+
+
+def target_lines(result: RecycleResult) -> list[str]:
+    """One line per target of the issue, saying whether memwise met it."""
+    figures = result["results"]
+    if "memwise" not in figures:
+        return ["[yellow]targets not checked[/]: memwise has no figures"]
+    mine = figures["memwise"]
+    ceiling = (result["limit_bytes"] + result["task_bytes"]) / MiB
+    lines = [
+        _verdict(
+            mine["peak_worker_mb"] <= ceiling,
+            f"peak worker private {mine['peak_worker_mb']:.1f} MiB <= limit + one task "
+            f"{ceiling:.1f} MiB",
+        )
+    ]
+    if "memwise-norecycle" in figures:
+        reference = figures["memwise-norecycle"]["tasks_per_s"]
+        share = mine["tasks_per_s"] / reference
+        lines.append(
+            _verdict(
+                share >= 1 - THROUGHPUT_TOLERANCE,
+                f"throughput {share:.0%} of memwise-norecycle (>= {1 - THROUGHPUT_TOLERANCE:.0%})",
+            )
+        )
+    return lines
+
+
+def _verdict(met: bool, text: str) -> str:
+    return f"target {'[green]met[/]' if met else '[red]missed[/]'}: {text}"
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    seconds: float
+    peak_worker: int
+    peak_total: int
+    final_total: int
+    recycles: int
+
+
+def _measure(factory: Callable[[], Pool], sizes: Sizes) -> Figures:
+    runs = [_run_once(factory(), sizes) for _ in range(sizes.repeats)]
+    return {
+        "peak_worker_mb": max(r.peak_worker for r in runs) / MiB,
+        "peak_total_mb": max(r.peak_total for r in runs) / MiB,
+        "final_total_mb": max(r.final_total for r in runs) / MiB,
+        "recycles": max(r.recycles for r in runs),
+        "tasks_per_s": sizes.tasks / min(r.seconds for r in runs),
+    }
+
+
+def _run_once(pool: Pool, sizes: Sizes) -> _Run:
+    sampler = _Sampler()
+    try:
+        pool.start(sizes.limit)
+        sampler.start()
+        # Every worker imports the task module before the clock starts; nothing is retained.
+        reports = _results(pool.submit(retain, 0) for _ in range(4 * WORKERS))
+        start = time.perf_counter()
+        leaks = _results(pool.submit(retain, TASK_BYTES) for _ in range(sizes.tasks))
+        seconds = time.perf_counter() - start
+        sampler.stop()
+        recycles = pool.recycles({pid for pid, _ in reports + leaks})
+    finally:
+        sampler.stop()
+        pool.close()
+    # What outlives the pool (the forkserver, resource trackers) was never one of its workers.
+    samples = sampler.without(set(_descendants()))
+    return _Run(
+        seconds=seconds,
+        peak_worker=max([max(s.values(), default=0) for s in samples] + [p for _, p in leaks]),
+        peak_total=max(sum(s.values()) for s in samples),
+        final_total=sum(samples[-1].values()),
+        recycles=recycles,
+    )
+
+
+def _results(futures: Iterable[Future[Any]]) -> list[Any]:
+    return [future.result(timeout=WAIT_S) for future in list(futures)]
+
+
+class _Sampler:
+    """The private memory of every descendant process, every ``SAMPLE_S``, in a thread.
+
+    Worker pids come from the process tree rather than from each library's internals, so every
+    system is measured the same way, including workers that are exiting after a recycle.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[dict[int, int]] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="recycle-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling, ending with one last sample (the final memory); idempotent."""
+        if self._stopped.is_set() or not self._thread.is_alive():
+            return
+        self._stopped.set()
+        self._thread.join()
+        self.samples.append(_sample())
+
+    def without(self, pids: set[int]) -> list[dict[int, int]]:
+        return [{pid: size for pid, size in s.items() if pid not in pids} for s in self.samples]
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self.samples.append(_sample())
+            self._stopped.wait(SAMPLE_S)
+
+
+def _sample() -> dict[int, int]:
+    sizes = {}
+    for pid in _descendants():
+        try:
+            sizes[pid] = private_memory(pid)
+        except (ProcessLookupError, PermissionError):
+            pass  # exited between the listing and the reading
+    return sizes
+
+
+def _descendants() -> list[int]:
+    import psutil
+
+    return [child.pid for child in psutil.Process().children(recursive=True)]
