@@ -278,7 +278,7 @@ class WorkerPool(Executor):
         self._supervisor.close(cancel_futures)
         if wait:
             self._supervisor.join()
-        _live_pools.discard(self)
+            _live_pools.discard(self)  # without wait, exit still waits for the workers to end
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.run(fn, *args)``: submit and wait without blocking the event loop.

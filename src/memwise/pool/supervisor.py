@@ -16,7 +16,7 @@ import selectors
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, WorkerInitError
 from memwise.memory import private_memory
-from memwise.pool import deaths
+from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
 from memwise.pool.context import get_context
 from memwise.pool.handle import State, Worker
@@ -35,18 +35,6 @@ from memwise.pool.queue import TaskQueue
 from memwise.pool.task import Task
 from memwise.shared import sweep_orphans
 from memwise.shared._names import current_owner
-
-# Tasks are pipelined (sent before the worker is free) only while the typical task is short,
-# so that long tasks are never stuck behind each other on one worker while another is idle.
-PIPELINE_SECONDS = 0.002
-MAX_PIPELINE_DEPTH = 64
-# A message sent to a busy worker must fit in the socket buffer, or the supervisor would block
-# until that worker finished its task (and deadlock if the worker is sending a large result).
-PIPELINE_BYTES = 16 * 1024
-# How many warm result slots of one size a worker may be given back at once.
-RESTOCK_DEPTH = 2
-# A task running this long while others wait behind it on the same worker has them taken back.
-STEAL_SECONDS = 0.01
 
 
 @dataclass(frozen=True)
@@ -70,15 +58,15 @@ class Supervisor:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self._ctx = get_context(config.start_method)
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         # Guarded by _lock: what user threads hand over, and READY workers with nothing to do
         # lent to submitting threads by slot (see _send_direct_locked).
-        self._incoming: deque[Task] = deque()
-        self._idle: dict[int, Worker] = {}
+        self.incoming: deque[Task] = deque()
+        self.idle: dict[int, Worker] = {}
         # The newest queued task of each coalesce tag (latest wins).
-        self._latest: dict[Hashable, Task] = {}
+        self.latest: dict[Hashable, Task] = {}
         self._poked = False
-        self._closing = False
+        self.closing = False
         self._cancel_queued = False
         self.broken: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -90,10 +78,10 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}
         self.retiring: list[Worker] = []
         self.failures: deque[float] = deque()
-        self._service_time: float | None = None
+        self.service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
         self._next_poll = 0.0
-        self._budget_blocked = False
+        self.budget_blocked = False
         self.started = threading.Event()
         self.startup_error: BaseException | None = None
         self.counts: dict[str, int] = Counter(
@@ -116,17 +104,17 @@ class Supervisor:
             raise self.startup_error
 
     def submit(self, task: Task) -> None:
-        with self._lock:
+        with self.lock:
             if self.broken is not None:
                 raise BrokenPool(
                     f"the pool is broken and accepts no tasks: {self.broken}"
                 ) from self.broken
-            if self._closing:
+            if self.closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.counts["submitted"] += 1
-            if self._idle and not self._incoming and self._send_direct_locked(task):
+            if self.idle and not self.incoming and self._send_direct_locked(task):
                 return
-            self._incoming.append(task)
+            self.incoming.append(task)
             self._poke_locked()
 
     def _send_direct_locked(self, task: Task) -> bool:
@@ -139,18 +127,18 @@ class Supervisor:
         latency of a lone call, which is what interactive callers wait for.
         """
         if task.slot is None:
-            worker = self._idle.pop(next(iter(self._idle)))
+            worker = self.idle.pop(next(iter(self.idle)))
         else:
-            candidate = self._idle.get(task.slot)
-            if candidate is None or self._key_change(candidate, task.key):
+            candidate = self.idle.get(task.slot)
+            if candidate is None or dispatch.key_change(self, candidate, task.key):
                 return False
-            worker = self._idle.pop(task.slot)
+            worker = self.idle.pop(task.slot)
         task.claim()
         worker.busy_since = time.monotonic()
         worker.outstanding.append(task)
         if task.key is not None:
             worker.last_key = task.key
-        message = ("run", [task.entry(worker.pid)], self._restock(worker), worker.epoch)
+        message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
         try:
             worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
         except OSError:
@@ -160,8 +148,8 @@ class Supervisor:
         return True
 
     def close(self, cancel_futures: bool) -> None:
-        with self._lock:
-            self._closing = True
+        with self.lock:
+            self.closing = True
             self._cancel_queued = self._cancel_queued or cancel_futures
             self._poke_locked()
 
@@ -171,46 +159,7 @@ class Supervisor:
 
     def snapshot(self) -> dict[str, Any]:
         """Totals and one row per slot, readable from any thread (possibly a moment stale)."""
-        from memwise.memory import usage
-
-        workers = dict(self.workers)
-        slots = []
-        for slot in range(self.config.max_workers):
-            worker = workers.get(slot)
-            row: dict[str, Any] = {
-                "slot": slot,
-                "pid": None,
-                "state": "stopped",
-                "key": None,
-                "tasks_done": 0,
-                "private": None,
-                "rss": None,
-                "restarts": self.slot_restarts[slot],
-                "recycles": dict(self.slot_recycles.get(slot, {})),
-            }
-            if worker is not None:
-                outstanding = list(worker.outstanding)
-                row.update(
-                    pid=worker.pid,
-                    state="busy" if outstanding else worker.state.value,
-                    key=outstanding[0].key if outstanding else worker.last_key,
-                    tasks_done=worker.tasks_done,
-                )
-                try:
-                    measured = usage(worker.pid, pss=False)
-                    row.update(private=measured.private, rss=measured.rss)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            slots.append(row)
-        running = sum(len(w.outstanding) for w in [*workers.values(), *list(self.retiring)])
-        return {
-            **self.counts,
-            "queued": len(self._incoming) + len(self.queue),
-            "running": running,
-            "workers": len(workers),
-            "recycles": dict(self.recycles),
-            "slots": slots,
-        }
+        return stats.snapshot(self)
 
     def _poke_locked(self) -> None:
         # One byte in the pipe is enough to wake the supervisor; skipping the write while one
@@ -235,7 +184,7 @@ class Supervisor:
                     key.data()
                 if timeout is not None:
                     self._enforce_deadlines()  # a deadline passed: act before dispatching
-                self._dispatch()
+                dispatch.dispatch(self)
                 self._ensure_workers()
                 timeout = self._enforce_deadlines()
                 self._resolve()
@@ -248,7 +197,7 @@ class Supervisor:
     def _finished(self) -> bool:
         if self.broken is not None:
             return not self.workers and not self.retiring
-        if not self._closing or self.queue or self._incoming:
+        if not self.closing or self.queue or self.incoming:
             return False
         everyone = [*self.workers.values(), *self.retiring]
         if any(w.outstanding for w in everyone):
@@ -258,17 +207,17 @@ class Supervisor:
         return not self.workers and not self.retiring
 
     def _on_wake(self) -> None:
-        with self._lock:
+        with self.lock:
             self._poked = False
             try:
                 while os.read(self._wake_r, 4096):
                     pass
             except BlockingIOError:
                 pass
-            if self._incoming:
-                self._idle.clear()
-            incoming = list(self._incoming)
-            self._incoming.clear()
+            if self.incoming:
+                self.idle.clear()
+            incoming = list(self.incoming)
+            self.incoming.clear()
             cancel, self._cancel_queued = self._cancel_queued, False
         for task in incoming:
             if task.coalesce is not None:
@@ -280,10 +229,10 @@ class Supervisor:
 
     def _coalesce(self, task: Task) -> None:
         """Latest wins: drop the queued task with the same tag, if it has not started."""
-        previous = self._latest.get(task.coalesce)
+        previous = self.latest.get(task.coalesce)
         if previous is not None:
             self._drop(previous)
-        self._latest[task.coalesce] = task
+        self.latest[task.coalesce] = task
 
     def _drop(self, task: Task) -> None:
         if task.drop():
@@ -303,7 +252,7 @@ class Supervisor:
 
     def _ensure_workers(self) -> None:
         """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
-        if self.broken is not None or (self._closing and not self.queue):
+        if self.broken is not None or (self.closing and not self.queue):
             return
         wanted = set(range(self.config.min_workers)) | self.queue.waiting_slots()
         spare = sum(
@@ -405,8 +354,8 @@ class Supervisor:
             self.retiring.remove(worker)
 
     def reclaim_lent_workers(self) -> None:
-        with self._lock:
-            self._idle.clear()
+        with self.lock:
+            self.idle.clear()
 
     def _enforce_deadlines(self) -> float | None:
         """Act on overdue workers; return the seconds until the next deadline (or None)."""
@@ -420,9 +369,9 @@ class Supervisor:
                 nearest = deadline
         for worker in list(self.workers.values()):
             if len(worker.outstanding) > 1 and worker.kill_reason is None:
-                steal_at = worker.busy_since + STEAL_SECONDS
+                steal_at = worker.busy_since + dispatch.STEAL_SECONDS
                 if steal_at <= now:
-                    self._steal(worker)
+                    dispatch.steal(self, worker)
                 elif nearest is None or steal_at < nearest:
                     nearest = steal_at
         if self.config.recycle.hard_memory is not None and any(
@@ -432,33 +381,10 @@ class Supervisor:
                 self._check_hard_memory()
                 self._next_poll = now + self.config.recycle.poll
             nearest = self._next_poll if nearest is None else min(nearest, self._next_poll)
-        if self._budget_blocked and self.config.budget is not None:
+        if self.budget_blocked and self.config.budget is not None:
             recheck = now + self.config.budget.poll
             nearest = recheck if nearest is None else min(nearest, recheck)
         return None if nearest is None else max(0.0, nearest - now)
-
-    def _steal(self, worker: Worker) -> None:
-        """Take back the tasks queued behind a task that runs far longer than usual.
-
-        Pipelining bets that tasks stay short; when one does not, the tasks sent behind it go
-        back to the queue, where any free worker takes them (see :mod:`memwise.pool.ledger`).
-        """
-        running = worker.ledger.revoke(worker.epoch)
-        if running is None:
-            return
-        worker.epoch += 1
-        # Tasks up to the running one have started (their results may still be in the pipe);
-        # the ones after it have not, and now never will on this worker.
-        ids = [t.id for t in worker.outstanding]
-        keep = ids.index(running) + 1 if running in ids else 0
-        stolen = list(worker.outstanding)[keep:]
-        worker.outstanding = deque(list(worker.outstanding)[:keep])
-        for task in stolen:
-            task.release_memory()
-            if task.outgoing is not None:
-                _oob.returned(list(task.outgoing.handles), worker.pid)
-        self.queue.push_back(stolen)
-        self.counts["stolen"] += 1
 
     def _idle_limit(self, worker: Worker) -> float | None:
         idle = self.config.recycle.idle
@@ -548,15 +474,15 @@ class Supervisor:
         _oob.returned(returns, worker.pid)
         for gift in gifts:
             produced = worker.result_sizes
-            produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, RESTOCK_DEPTH)
+            produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, dispatch.RESTOCK_DEPTH)
         now = time.monotonic()
         worker.busy_since = now
         worker.tasks_done += 1
         worker.private = private
         if not worker.outstanding:
             worker.idle_since = now
-        self._service_time = (
-            seconds if self._service_time is None else 0.8 * self._service_time + 0.2 * seconds
+        self.service_time = (
+            seconds if self.service_time is None else 0.8 * self.service_time + 0.2 * seconds
         )
         self.failures.clear()
         self._complete(task, status, payload, gifts)
@@ -588,13 +514,13 @@ class Supervisor:
         """Fail everything pending with ``error`` and kill every worker."""
         if cause is not None and error is not cause:
             error.__cause__ = cause
-        with self._lock:
+        with self.lock:
             if self.broken is not None:
                 return
             self.broken = error
-            self._idle.clear()
-            pending = list(self._incoming) + self.queue.drain()
-            self._incoming.clear()
+            self.idle.clear()
+            pending = list(self.incoming) + self.queue.drain()
+            self.incoming.clear()
         for worker in [*self.workers.values(), *self.retiring]:
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
@@ -604,144 +530,6 @@ class Supervisor:
             if not task.future.done():
                 task.future.set_exception(error)
         self.started.set()
-
-    # ----- dispatch ----------------------------------------------------------------------
-
-    def _pipeline_depth(self) -> int:
-        if self._service_time is None or self.config.recycle.limits_pipelining:
-            return 1
-        depth = int(PIPELINE_SECONDS / max(self._service_time, 1e-6))
-        return max(1, min(MAX_PIPELINE_DEPTH, depth))
-
-    def _dispatch(self) -> None:
-        """Hand queued tasks to READY workers, round-robin, then lend out the idle ones."""
-        self.reclaim_lent_workers()
-        if self.broken is not None:
-            return
-        ready = [w for w in self.workers.values() if w.state is State.READY]
-        self._budget_blocked = False
-        if self.queue:
-            depth = self._pipeline_depth()
-            batches: dict[Worker, list[Task]] = {w: [] for w in ready}
-            progress = True
-            while progress and self.queue:
-                progress = False
-                for worker, batch in batches.items():
-                    if not self._has_room(worker, batch, depth):
-                        continue
-                    task = self._next_for(worker, batch)
-                    if task is not None:
-                        batch.append(task)
-                        progress = True
-            for worker, batch in batches.items():
-                if batch:
-                    self._send(worker, batch)
-        # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
-        if not self.queue and not self._closing and self.config.budget is None:
-            with self._lock:
-                self._idle = {w.slot: w for w in ready if not w.outstanding and not w.retiring}
-
-    def _has_room(self, worker: Worker, batch: list[Task], depth: int) -> bool:
-        if worker.retiring or len(worker.outstanding) + len(batch) >= depth:
-            return False
-        # A task running much longer than usual may run for a long time yet: queueing work
-        # behind it would keep that work waiting while other workers are free.
-        return not worker.outstanding or time.monotonic() - worker.busy_since < PIPELINE_SECONDS
-
-    def _next_for(self, worker: Worker, batch: list[Task]) -> Task | None:
-        busy = bool(worker.outstanding or batch)
-        while True:
-            keyed, key = self.queue.peek_key(worker.slot)
-            if keyed and self._key_change(worker, key, batch):
-                if not busy:
-                    self.retire(worker, "key")
-                return None
-            task = self.queue.pop_for(worker.slot)
-            if task is None:
-                return None
-            if busy and not self._pipelinable(task, batch):
-                self.queue.push_back([task])
-                return None
-            if not self._admit(task):
-                return None
-            if task.claim():
-                if task.coalesce is not None and self._latest.get(task.coalesce) is task:
-                    del self._latest[task.coalesce]
-                return task
-            task.release_memory()
-
-    @staticmethod
-    def _pipelinable(task: Task, batch: list[Task]) -> bool:
-        """Whether ``task`` may be queued on a worker that is busy.
-
-        Not a latest-wins task: it must stay cancellable until a worker is actually free.
-        """
-        if task.coalesce is not None:
-            return False
-        return len(task.payload) + sum(len(t.payload) for t in batch) <= PIPELINE_BYTES
-
-    def _admit(self, task: Task) -> bool:
-        """Reserve the task's memory in the budget; if there is no room, keep it queued.
-
-        Tasks wait in priority order behind a task that does not fit (no smaller task jumps
-        the queue and starves it) and fail once they have waited ``max_wait``.
-        """
-        budget = self.config.budget
-        if budget is None or task.dropped or task.future.cancelled():
-            return True
-        task.reservation = budget.try_reserve(task.memory)
-        if task.reservation is not None:
-            return True
-        now = time.monotonic()
-        if task.blocked_since is None:
-            task.blocked_since = now
-        if now - task.blocked_since >= budget.max_wait and task.claim():
-            self.counts["failed"] += 1
-            task.future.set_exception(budget.exceeded(task.memory, now - task.blocked_since))
-            return False
-        self.queue.push_back([task])
-        self._budget_blocked = True
-        return False
-
-    def _key_change(self, worker: Worker, key: Hashable, batch: Sequence[Task] = ()) -> bool:
-        if not self.config.recycle.on_key_change:
-            return False
-        keys = [t.key for t in (*worker.outstanding, *batch) if t.key is not None]
-        last = keys[-1] if keys else worker.last_key
-        return last is not None and key is not None and key != last
-
-    def _send(self, worker: Worker, batch: list[Task]) -> None:
-        if not worker.outstanding:
-            worker.busy_since = time.monotonic()
-        message = (
-            "run",
-            [t.entry(worker.pid) for t in batch],
-            self._restock(worker),
-            worker.epoch,
-        )
-        try:
-            worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
-        except OSError:
-            # The worker died before it could read: nothing ran, so nothing counts as tried.
-            for task in batch:
-                task.release_memory()
-            self.queue.push_back(batch)
-            return
-        worker.outstanding.extend(batch)
-        keys = [t.key for t in batch if t.key is not None]
-        if keys:
-            worker.last_key = keys[-1]
-
-    @staticmethod
-    def _restock(worker: Worker) -> tuple[Any, ...]:
-        """Warm free slots of the sizes this worker's results take, sent with its next task."""
-        if not worker.result_sizes:
-            return ()
-        gifts = _oob.restock(worker.result_sizes, worker.pid)
-        for gift in gifts:
-            worker.result_sizes[gift.nbytes] -= 1
-        worker.result_sizes = {k: v for k, v in worker.result_sizes.items() if v > 0}
-        return gifts
 
     # ----- the end -----------------------------------------------------------------------
 
