@@ -275,7 +275,7 @@ def _run_once(pool: Pool, sizes: Sizes) -> _Run:
     try:
         pool.start(sizes.limit)
         sampler.start()
-        # Every worker imports the task module before the clock starts; nothing is retained.
+        # Warm-up: workers import the task module before the clock starts; retain(0) leaks nothing.
         reports = _results(pool.submit(retain, 0) for _ in range(4 * WORKERS))
         start = time.perf_counter()
         leaks = _results(pool.submit(retain, TASK_BYTES) for _ in range(sizes.tasks))

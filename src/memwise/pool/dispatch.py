@@ -194,9 +194,15 @@ def steal(sup: Supervisor, worker: Worker) -> None:
     Pipelining bets that tasks stay short; when one does not, the tasks sent behind it go
     back to the queue, where any free worker takes them (see :mod:`memwise.pool.ledger`).
     """
+    if take_back(sup, worker):
+        sup.counts["stolen"] += 1
+
+
+def take_back(sup: Supervisor, worker: Worker) -> bool:
+    """Return to the queue every task sent to ``worker`` that it has not started."""
     running = worker.ledger.revoke(worker.epoch)
     if running is None:
-        return
+        return False
     worker.epoch += 1
     # Tasks up to the running one have started (their results may still be in the pipe);
     # the ones after it have not, and now never will on this worker.
@@ -209,4 +215,4 @@ def steal(sup: Supervisor, worker: Worker) -> None:
         if task.outgoing is not None:
             _oob.returned(list(task.outgoing.handles), worker.pid)
     sup.queue.push_back(stolen)
-    sup.counts["stolen"] += 1
+    return bool(stolen)

@@ -30,6 +30,10 @@ class Recycle:
         hard_memory: kill a worker whose private memory exceeds this *during* a task (polled
             every ``poll`` seconds); the task is retried per the pool's ``retries``.
         poll: how often ``hard_memory`` is checked, in seconds.
+        spares: while there is work, keep this many extra workers started and initialized,
+            so that a recycled worker is replaced at once instead of after a process start-up
+            (which, with heavy imports, can cost more than many tasks). Only with ``tasks``,
+            ``memory``, ``on_key_change`` or ``hard_memory``; 0 for none.
     """
 
     tasks: int | None = None
@@ -38,6 +42,7 @@ class Recycle:
     on_key_change: bool = False
     hard_memory: int | str | None = None
     poll: float = 0.05
+    spares: int = 1
 
     def __post_init__(self) -> None:
         if self.tasks is not None and self.tasks < 1:
@@ -46,6 +51,8 @@ class Recycle:
             raise ValueError(f"Recycle(idle=) must be positive seconds, got {self.idle}")
         if self.poll <= 0:
             raise ValueError(f"Recycle(poll=) must be positive seconds, got {self.poll}")
+        if self.spares < 0:
+            raise ValueError(f"Recycle(spares=) must be >= 0, got {self.spares}")
 
     @property
     def memory_bytes(self) -> int | None:
@@ -60,9 +67,23 @@ class Recycle:
         return self.memory is not None
 
     @property
+    def warm_spares(self) -> int:
+        """Spares worth keeping: none unless workers are replaced in the middle of work."""
+        replaces_busy_workers = (
+            self.tasks is not None
+            or self.memory is not None
+            or self.on_key_change
+            or self.hard_memory is not None
+        )
+        return self.spares if replaces_busy_workers else 0
+
+    @property
     def limits_pipelining(self) -> bool:
-        """Whether tasks must go one at a time, so a worker can retire right after any task."""
-        return self.tasks is not None or self.memory is not None or self.on_key_change
+        """Whether tasks must go one at a time: a key change is decided before a task starts.
+
+        (Retiring after a task needs no such limit: the worker itself stops starting tasks.)
+        """
+        return self.on_key_change
 
     def after_task(self, tasks_done: int, private: int | None) -> str | None:
         """The reason to retire a worker that just finished a task, or None."""

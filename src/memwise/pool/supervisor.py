@@ -27,7 +27,7 @@ from memwise.errors import BrokenPool, SerializationError, WorkerInitError
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
-from memwise.pool.context import get_context
+from memwise.pool.context import forget_main_hint, get_context
 from memwise.pool.handle import State, Worker
 from memwise.pool.ledger import Ledger
 from memwise.pool.policies import Recycle
@@ -35,6 +35,8 @@ from memwise.pool.queue import TaskQueue
 from memwise.pool.task import Task
 from memwise.shared import sweep_orphans
 from memwise.shared._names import current_owner
+
+SPARE = -1  # the slot number of spare workers
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Supervisor:
         self.queue = TaskQueue()
         self.workers: dict[int, Worker] = {}
         self.retiring: list[Worker] = []
+        self.spares: list[Worker] = []  # processes started ahead, not yet in a slot (Recycle)
         self.failures: deque[float] = deque()
         self.service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
@@ -196,15 +199,15 @@ class Supervisor:
 
     def _finished(self) -> bool:
         if self.broken is not None:
-            return not self.workers and not self.retiring
+            return not self.everyone()
         if not self.closing or self.queue or self.incoming:
             return False
-        everyone = [*self.workers.values(), *self.retiring]
+        everyone = self.everyone()
         if any(w.outstanding for w in everyone):
             return False
         for worker in everyone:
             self.stop(worker)
-        return not self.workers and not self.retiring
+        return not self.everyone()
 
     def _on_wake(self) -> None:
         with self.lock:
@@ -268,11 +271,42 @@ class Supervisor:
                 wanted.add(slot)
                 need -= 1
         for slot in sorted(wanted - self.workers.keys()):
-            try:
-                self._start_worker(slot)
-            except OSError as exc:
-                deaths.note_failure(self, WorkerInitError(f"could not start a worker: {exc}"))
+            if self._promote_spare(slot):
+                continue
+            if not self._try_start(slot):
                 return
+        while self._wants_spare() and self._try_start(SPARE):
+            pass
+
+    def _try_start(self, slot: int) -> bool:
+        try:
+            self._start_worker(slot)
+        except OSError as exc:
+            deaths.note_failure(self, WorkerInitError(f"could not start a worker: {exc}"))
+            return False
+        return True
+
+    def _wants_spare(self) -> bool:
+        """Warm spares hide a recycled worker's start-up, while there is work to hide it from."""
+        return (
+            len(self.spares) < self.config.recycle.warm_spares
+            and self.started.is_set()
+            and not self.closing
+            and (bool(self.queue) or any(w.outstanding for w in self.workers.values()))
+        )
+
+    def _promote_spare(self, slot: int) -> bool:
+        for spare in self.spares:
+            if spare.state is State.READY and spare.kill_reason is None:
+                self.spares.remove(spare)
+                spare.slot = slot
+                self.workers[slot] = spare
+                return True
+        return False
+
+    def everyone(self) -> list[Worker]:
+        """Every worker process alive: in slots, retiring, and spares."""
+        return [*self.workers.values(), *self.retiring, *self.spares]
 
     def _start_worker(self, slot: int) -> None:
         conn, child_conn = self._ctx.Pipe(duplex=True)
@@ -288,8 +322,12 @@ class Supervisor:
         finally:
             child_conn.close()
             alive_r.close()
+            forget_main_hint()
         worker = Worker(slot, process, conn, alive_w, ledger)
-        self.workers[slot] = worker
+        if slot == SPARE:
+            self.spares.append(worker)
+        else:
+            self.workers[slot] = worker
         if self.config.budget is not None:
             self.config.budget.track(worker.pid)
         self._selector.register(conn, selectors.EVENT_READ, lambda: self._on_readable(worker))
@@ -301,6 +339,7 @@ class Supervisor:
             "trim": self.config.trim,
             "owner": current_owner(),
             "shm_threshold": self.config.shm_threshold,
+            "recycle": self.config.recycle,
         }
         try:
             worker.channel.send(
@@ -352,6 +391,8 @@ class Supervisor:
             del self.workers[worker.slot]
         elif worker in self.retiring:
             self.retiring.remove(worker)
+        elif worker in self.spares:
+            self.spares.remove(worker)
 
     def reclaim_lent_workers(self) -> None:
         with self.lock:
@@ -361,7 +402,7 @@ class Supervisor:
         """Act on overdue workers; return the seconds until the next deadline (or None)."""
         now = time.monotonic()
         nearest: float | None = None
-        for worker in [*self.workers.values(), *self.retiring]:
+        for worker in self.everyone():
             deadline = worker.deadline(self.config.init_timeout, self._idle_limit(worker))
             if deadline is not None and deadline <= now:
                 self._on_deadline(worker)
@@ -388,6 +429,8 @@ class Supervisor:
 
     def _idle_limit(self, worker: Worker) -> float | None:
         idle = self.config.recycle.idle
+        if worker in self.spares:
+            return idle
         # A fresh worker inside the minimum would only be replaced by another fresh one.
         if idle is None or (worker.tasks_done == 0 and worker.slot < self.config.min_workers):
             return None
@@ -404,6 +447,8 @@ class Supervisor:
             self.kill(worker, "stop timeout")
         elif worker.outstanding:
             self.kill(worker, "timeout")
+        elif worker in self.spares:
+            self.stop(worker)
         else:
             self.reclaim_lent_workers()
             self.retire(worker, "idle")
@@ -490,6 +535,7 @@ class Supervisor:
             reason = self.config.recycle.after_task(worker.tasks_done, private)
             if reason is not None:
                 self.reclaim_lent_workers()
+                dispatch.take_back(self, worker)  # the worker starts nothing more; see worker
                 self.retire(worker, reason)
         elif not worker.outstanding:
             self.stop(worker)
@@ -521,7 +567,7 @@ class Supervisor:
             self.idle.clear()
             pending = list(self.incoming) + self.queue.drain()
             self.incoming.clear()
-        for worker in [*self.workers.values(), *self.retiring]:
+        for worker in self.everyone():
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
             self.kill(worker, "broken")
@@ -534,7 +580,7 @@ class Supervisor:
     # ----- the end -----------------------------------------------------------------------
 
     def _cleanup(self) -> None:
-        for worker in [*self.workers.values(), *self.retiring]:
+        for worker in self.everyone():
             self.kill(worker, "cleanup")
             worker.process.join(5.0)
             self.forget(worker)

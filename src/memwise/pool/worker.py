@@ -170,17 +170,27 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
     if kind != "init" or not _initialize(channel, payload):
         sys.exit(EXIT_INIT_FAILED)
     slots = _oob.WorkerSlots(options["owner"], options["shm_threshold"])
+    recycle = options["recycle"]
     borrowing = False
+    tasks_done = 0
+    newest_epoch = -1
     backlog: deque[tuple[int, tuple[int, bytes, tuple[Any, ...]]]] = deque()
     while True:
         if backlog:
             epoch, (task_id, payload, handles) = backlog.popleft()
             if not ledger.begin(task_id, epoch):
-                continue  # taken back by the supervisor while we were busy
+                continue  # taken back by the supervisor, or we are retiring
             borrowing = borrowing or bool(handles)
             outcome = _execute(task_id, payload, handles, slots)
             returns = _oob.returns() if borrowing else []
-            _send(channel, ("done", *outcome, returns, _after_task(options)))
+            tasks_done += 1
+            private = _after_task(options)
+            if recycle.after_task(tasks_done, private) is not None:
+                # Due for recycling: start nothing more, so the tasks sent behind this one can
+                # go to another worker, and this one's memory never exceeds its limit by more
+                # than one task's worth. The supervisor reaches the same verdict from "done".
+                ledger.revoke(newest_epoch)
+            _send(channel, ("done", *outcome, returns, private))
             continue
         if not inbox:
             try:
@@ -192,5 +202,6 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
         if message[0] == "stop":
             return
         _, tasks, restock, epoch = message
+        newest_epoch = epoch
         slots.stock(restock)
         backlog.extend((epoch, task) for task in tasks)
