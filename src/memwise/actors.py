@@ -144,7 +144,7 @@ class Actor:
                 self._spec, self._restarts, self._start_method, self._init_timeout
             )
         except (OSError, BrokenPool, WorkerInitError) as exc:
-            if self._isolation == "always" or _raised_by_constructor(exc):
+            if self._isolation == "always" or not _no_process(exc):
                 raise
             warnings.warn(
                 f"could not start a process for {_name(self._spec[0])} ({exc}); running it in "
@@ -155,9 +155,11 @@ class Actor:
             return _ThreadBackend(*self._spec)
 
 
-def _raised_by_constructor(exc: BaseException) -> bool:
-    # The constructor itself failed: it would fail in a thread too, so do not fall back.
-    return isinstance(exc, WorkerInitError) and exc.__cause__ is not None
+def _no_process(exc: BaseException) -> bool:
+    """Whether the OS refused a process (fall back to a thread), as opposed to the object's
+    constructor failing or killing its process (which it would do in a thread too, taking this
+    process down with it)."""
+    return isinstance(exc, OSError) or isinstance(exc.__cause__, OSError)
 
 
 def _name(cls: Callable[..., Any]) -> str:

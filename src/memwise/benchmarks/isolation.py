@@ -321,14 +321,15 @@ def run(quick: bool = False) -> IsolationResult:
     if find_spec("skimage") is None:
         reason = "needs scikit-image for the photographs: pip install 'memwise[demo]'"
         skipped = dict.fromkeys(MODES, reason)
-    for mode in MODES if not skipped else ():
-        try:
-            measured = _in_fresh_interpreter(mode, sizes)
-        except RuntimeError as exc:
-            skipped[mode] = str(exc)
-            continue
-        results[mode] = measured["figures"]
-        series[mode] = measured["series"]
+    else:
+        for mode in MODES:
+            try:
+                measured = _in_fresh_interpreter(mode, sizes)
+            except RuntimeError as exc:
+                skipped[mode] = str(exc)
+                continue
+            results[mode] = measured["figures"]
+            series[mode] = measured["series"]
     return {
         "benchmark": "isolation",
         "results": results,

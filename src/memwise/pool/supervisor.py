@@ -37,6 +37,7 @@ from memwise.shared import sweep_orphans
 from memwise.shared._names import current_owner
 
 SPARE = -1  # the slot number of spare workers
+START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Supervisor:
         self.service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
         self._next_poll = 0.0
+        self._retry_start_at: float | None = None
         self.budget_blocked = False
         self.started = threading.Event()
         self.startup_error: BaseException | None = None
@@ -282,7 +284,14 @@ class Supervisor:
         try:
             self._start_worker(slot)
         except OSError as exc:
-            deaths.note_failure(self, WorkerInitError(f"could not start a worker: {exc}"))
+            error = WorkerInitError(f"could not start a worker process: {exc}")
+            error.__cause__ = exc
+            if not self.started.is_set():
+                self.startup_error = error
+                self.break_pool(error, cause=exc)
+            else:
+                deaths.note_failure(self, error)
+                self._retry_start_at = time.monotonic() + START_RETRY_SECONDS
             return False
         return True
 
@@ -422,6 +431,11 @@ class Supervisor:
                 self._check_hard_memory()
                 self._next_poll = now + self.config.recycle.poll
             nearest = self._next_poll if nearest is None else min(nearest, self._next_poll)
+        if self._retry_start_at is not None:
+            if self._retry_start_at <= now:
+                self._retry_start_at = None  # the loop calls _ensure_workers next
+            else:
+                nearest = min(nearest or self._retry_start_at, self._retry_start_at)
         if self.budget_blocked and self.config.budget is not None:
             recheck = now + self.config.budget.poll
             nearest = recheck if nearest is None else min(nearest, recheck)
