@@ -103,6 +103,16 @@ class BrokenInit:
         return 0
 
 
+class ExitsInConstructor:
+    """An object whose constructor ends its process, as a crash in native loading code does."""
+
+    def __init__(self, code: int) -> None:
+        os._exit(code)
+
+    def get(self) -> int:  # pragma: no cover - never reached
+        return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Budgeted pool tasks
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -287,6 +289,30 @@ def test_auto_does_not_fall_back_when_the_constructor_fails():
         with pytest.raises(WorkerInitError, match="bad file"):
             actor.call("get").result(WAIT)
         assert actor.isolation == "not started"
+
+
+def test_auto_does_not_fall_back_when_the_constructor_kills_its_process():
+    """A constructor that crashes its process must not be re-run inside the application.
+
+    Run in a child interpreter: falling back would run ``os._exit`` in the process that
+    falls back, and this test must fail rather than end the test session.
+    """
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(tasks.__file__)!r})\n"
+        "import _actor_tasks\n"
+        "from memwise import spawn\n"
+        "if __name__ == '__main__':\n"
+        "    with spawn(_actor_tasks.ExitsInConstructor, 3, isolation='auto') as actor:\n"
+        "        error = actor.call('get').exception(30)\n"
+        "    print(type(error).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT
+    )
+    assert done.returncode == 0, f"the application died (exit code {done.returncode})"
+    assert "RuntimeWarning" not in done.stderr  # no fallback to a thread
+    assert done.stdout.split() == ["WorkerInitError"]
 
 
 def test_auto_uses_a_process_when_it_can():

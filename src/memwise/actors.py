@@ -100,21 +100,24 @@ class Actor:
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], latest: bool
     ) -> Future[Any]:
         try:
-            backend = self._started()
+            return self._started().call(name, args, kwargs, latest)
         except (WorkerInitError, BrokenPool) as exc:
-            # The constructor failed: every call fails with that, as in a thread.
+            # The constructor failed, or the process crashed more than `restarts` times:
+            # every call fails with that, on its future, as in a thread.
             failed: Future[Any] = Future()
             failed.set_exception(exc)
             return failed
-        return backend.call(name, args, kwargs, latest)
 
-    def close(self) -> None:
-        """End the hosting process (its memory returns to the OS); queued calls are cancelled."""
+    def close(self, wait: bool = True) -> None:
+        """End the hosting process (its memory returns to the OS); queued calls are cancelled.
+
+        With ``wait=False``, return at once; the process ends after its current call.
+        """
         with self._lock:
             self._closed = True
             backend, self._backend = self._backend, None
         if backend is not None:
-            backend.close()
+            backend.close(wait)
 
     def __enter__(self) -> Actor:
         return self
@@ -195,8 +198,8 @@ class _ProcessBackend:
     ) -> Future[Any]:
         return self._pool.submit(_invoke, name, args, kwargs, coalesce=name if latest else None)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class _ThreadBackend:
@@ -234,8 +237,8 @@ class _ThreadBackend:
             ) from exc
         return getattr(instance, name)(*args, **kwargs)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
 def spawn(
@@ -266,7 +269,8 @@ class Sessions(Generic[K]):
     """One actor per key (an image, a file), the ``keep`` most recently used kept warm.
 
     ``sessions[key]`` returns the key's actor, creating it with ``factory(key)``; creating one
-    beyond ``keep`` closes the least recently used, so at most ``keep`` processes hold memory.
+    beyond ``keep`` closes the least recently used (in the background: its process ends after
+    its current call), so about ``keep`` processes hold memory.
     """
 
     def __init__(self, factory: Callable[[K], Actor], keep: int = 2) -> None:
@@ -289,7 +293,8 @@ class Sessions(Generic[K]):
             while len(self._actors) > self.keep:
                 evicted.append(self._actors.popitem(last=False)[1])
         for old in evicted:
-            old.close()
+            # Without waiting: switching to a new key must not wait for the old key's call.
+            old.close(wait=False)
         return actor
 
     def __contains__(self, key: object) -> bool:

@@ -111,6 +111,8 @@ class MemoryBudget:
         """Wait until ``amount`` fits, up to ``timeout`` (default ``max_wait``) seconds."""
         nbytes = parse_size(amount)
         wait = self.max_wait if timeout is None else timeout
+        if nbytes > self.limit:
+            raise self.exceeded(nbytes, 0.0)  # it can never fit: waiting would only delay this
         deadline = time.monotonic() + wait
         while True:
             reservation = self.try_reserve(nbytes)

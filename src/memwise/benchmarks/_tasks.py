@@ -57,3 +57,17 @@ def retain(nbytes: int) -> tuple[int, int]:
     """
     _retained.append(b"x" * nbytes)
     return os.getpid(), private_memory()
+
+
+def one_minus(array: np.ndarray) -> np.ndarray:
+    """``1 - a``: the transfer benchmark's task, a full-size result for a full-size argument."""
+    return 1 - array
+
+
+def timed_one_minus(array: np.ndarray) -> tuple[float, np.ndarray]:
+    """``1 - a`` and the seconds it took in the worker: the compute share of a round trip."""
+    import time
+
+    start = time.perf_counter()
+    result = 1 - array
+    return time.perf_counter() - start, result

@@ -10,8 +10,10 @@ against bare Python in fresh interpreters, best of N (noise only ever adds):
 - ``*_over_bare``: the same minus bare Python's.
 
 The rounds interleave the statements, so a slow patch of the machine hits all of them alike.
-The idle worker is a ``WorkerPool(1)`` worker right after start: its private memory is what
-each idle worker costs the machine (it excludes pages shared with the forkserver).
+The idle worker is a ``WorkerPool(1)`` worker right after start. ``private`` is memwise's
+measure (Linux ``RssAnon``), which also counts the anonymous pages the worker still shares
+copy-on-write with the forkserver (everything preloaded there); ``USS`` counts only the pages
+no other process maps, i.e. what the worker's exit gives back.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ IMPORT_METRICS = (
 )
 WORKER_METRICS = (
     Metric("private_mib", "private MiB", ",.2f", higher_is_better=False),
+    Metric("uss_mib", "USS MiB", ",.2f", higher_is_better=False),
     Metric("pss_mib", "PSS MiB", ",.2f", higher_is_better=False),
     Metric("rss_mib", "RSS MiB", ",.2f", higher_is_better=False),
 )
@@ -128,14 +131,18 @@ def _imports(sizes: Sizes) -> dict[str, Figures]:
 
 
 def _idle_worker() -> Figures:
+    import psutil
+
     from memwise import WorkerPool
     from memwise.memory import usage
 
     with WorkerPool(1) as pool:  # returns once the worker is ready
         pid = pool.stats()["slots"][0]["pid"]
         measured = usage(pid)
+        unique = psutil.Process(pid).memory_full_info().uss
     return {
         "private_mib": measured.private / MiB,
+        "uss_mib": unique / MiB,
         "pss_mib": (measured.pss or 0) / MiB,
         "rss_mib": measured.rss / MiB,
     }

@@ -137,7 +137,8 @@ def _admit(sup: Supervisor, task: Task) -> bool:
     now = time.monotonic()
     if task.blocked_since is None:
         task.blocked_since = now
-    if now - task.blocked_since >= budget.max_wait and task.claim():
+    never_fits = task.memory > budget.limit
+    if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
         sup.counts["failed"] += 1
         task.future.set_exception(budget.exceeded(task.memory, now - task.blocked_since))
         return False

@@ -1,0 +1,452 @@
+"""``memwise bench transfer``: a ``1 - a`` round trip on 48 MB of array data, per system.
+
+Two inputs of 48 MB each: a flat float64 array and a 2000x2000x3 float32 image. One round trip
+submits ``1 - a`` to a pool of two workers and waits for the result: the argument goes in, a
+result of the same size comes back. The limit is the same ``1 - a`` in this process.
+
+Systems, each through its natural API:
+
+- ``memwise``: ``WorkerPool.submit(one_minus, a)`` with a plain array (copied into a slot);
+- ``memwise (slot)``: the input made with ``memwise.shared.copy`` beforehand, so it travels
+  as a handle, with no copy;
+- ``ProcessPoolExecutor``, ``loky``, ``pebble``: ``submit``/``schedule`` and ``result()``;
+- ``Ray`` (when installed): ``ray.get(f.remote(a))``, the natural form, which puts the
+  argument into Ray's object store inside the timing on every call; ``Ray (put)`` puts it once,
+  outside the timing, the counterpart of ``memwise (slot)``. Ray is started with
+  ``ray.init(num_cpus=2, include_dashboard=False)`` and shut down afterwards.
+
+Figures are medians of round trips after warm-up (first touches of fresh memory are not what is
+measured); every system's first result is checked against ``1 - a``. ``breakdown_ms`` splits
+memwise's 48 MB round trip into its stages: the CPU work of the transport replayed in this
+process (copy in, receive, copy out, adopt, release), the compute measured inside a worker, and
+the rest (messages, wake-ups, scheduling) as what remains of the measured round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from memwise.benchmarks._harness import (
+    BenchResult,
+    Figures,
+    Metric,
+    median_time,
+    print_result,
+    ratios_against,
+)
+from memwise.benchmarks._tasks import one_minus, timed_one_minus
+
+__all__ = ["METRICS", "SYSTEMS", "TransferResult", "print_table", "run"]
+
+WORKERS = 2
+ARRAY_SHAPE = (6_000_000,)  # float64: 48 MB
+IMAGE_SHAPE = (2000, 2000, 3)  # float32: 48 MB
+# A hung pool becomes a skipped system instead of a benchmark that never ends.
+WAIT_S = 300.0
+SUBJECT = "memwise"
+SLOT_SUBJECT = "memwise (slot)"
+IN_PROCESS = "in-process"
+RAY = "Ray"
+# The issue's targets: memwise at most this many times the in-process time and Ray's.
+TARGET_VS_IN_PROCESS = 2.0
+TARGET_VS_RAY = 0.6
+
+METRICS = (
+    Metric("roundtrip_ms", "48 MB float64 ms", ",.1f", higher_is_better=False),
+    Metric("image_roundtrip_ms", "2000x2000x3 float32 ms", ",.1f", higher_is_better=False),
+)
+
+
+class TransferResult(BenchResult):
+    """``BenchResult`` plus the in-process limits, memwise (slot)'s ratios and the breakdown."""
+
+    in_process_ms: float
+    image_in_process_ms: float
+    slot_ratios: dict[str, Figures]
+    breakdown_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    warmups: int  # round trips per input before timing
+    samples: int  # timed round trips per input (median)
+
+
+FULL = Sizes(warmups=3, samples=7)
+QUICK = Sizes(warmups=1, samples=3)
+
+
+class Inputs(NamedTuple):
+    array: np.ndarray
+    image: np.ndarray
+
+
+def make_inputs() -> Inputs:
+    rng = np.random.default_rng(0)
+    return Inputs(rng.random(ARRAY_SHAPE), rng.random(IMAGE_SHAPE, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# Systems
+# --------------------------------------------------------------------------------------------
+
+
+def _as_is(array: np.ndarray) -> Any:
+    return array
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One system: ``call`` runs one round trip on what ``prepare`` (untimed) made of an input."""
+
+    call: Callable[[Any], Any]
+    prepare: Callable[[np.ndarray], Any] = _as_is
+
+
+System = Callable[[], AbstractContextManager[Adapter]]
+
+
+def _executor_adapter(pool: Any, prepare: Callable[[np.ndarray], Any] = _as_is) -> Adapter:
+    return Adapter(lambda x: pool.submit(one_minus, x).result(WAIT_S), prepare)
+
+
+@contextmanager
+def _memwise() -> Iterator[Adapter]:
+    from memwise import WorkerPool
+
+    with WorkerPool(WORKERS) as pool:
+        yield _executor_adapter(pool)
+
+
+@contextmanager
+def _memwise_slot() -> Iterator[Adapter]:
+    from memwise import WorkerPool, shared
+
+    with WorkerPool(WORKERS) as pool:
+        yield _executor_adapter(pool, prepare=shared.copy)
+
+
+@contextmanager
+def _process_pool_executor() -> Iterator[Adapter]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=WORKERS) as pool:
+        yield _executor_adapter(pool)
+
+
+@contextmanager
+def _loky() -> Iterator[Adapter]:
+    import loky
+
+    # The executor, not get_reusable_executor: no workers carried over between systems.
+    pool = loky.ProcessPoolExecutor(max_workers=WORKERS)
+    try:
+        yield _executor_adapter(pool)
+    finally:
+        pool.shutdown(wait=True)
+
+
+@contextmanager
+def _pebble() -> Iterator[Adapter]:
+    import pebble
+
+    pool = pebble.ProcessPool(max_workers=WORKERS)
+    try:
+        # ``schedule`` is pebble's documented call (its ``submit`` is for asyncio).
+        yield Adapter(lambda x: pool.schedule(one_minus, args=(x,)).result(WAIT_S))
+    finally:
+        pool.close()
+        pool.join()
+
+
+@contextmanager
+def _ray_session() -> Iterator[Any]:
+    import ray
+
+    ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _ray() -> Iterator[Adapter]:
+    with _ray_session() as ray:
+        remote = ray.remote(one_minus)
+        yield Adapter(lambda x: ray.get(remote.remote(x), timeout=WAIT_S))
+
+
+@contextmanager
+def _ray_put() -> Iterator[Adapter]:
+    with _ray_session() as ray:
+        remote = ray.remote(one_minus)
+        yield Adapter(lambda x: ray.get(remote.remote(x), timeout=WAIT_S), prepare=ray.put)
+
+
+SYSTEMS: dict[str, System] = {
+    SUBJECT: _memwise,
+    SLOT_SUBJECT: _memwise_slot,
+    "ProcessPoolExecutor": _process_pool_executor,
+    "loky": _loky,
+    "pebble": _pebble,
+    RAY: _ray,
+    "Ray (put)": _ray_put,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------
+
+
+def _median_ms(fn: Callable[[], object], samples: int) -> float:
+    return median_time(fn, samples) * 1e3
+
+
+def _check(result: Any, source: np.ndarray) -> None:
+    """A system that returns the wrong thing must not get a figure."""
+    if not np.array_equal(np.asarray(result), 1 - source):
+        raise RuntimeError("the round trip returned a wrong result")
+
+
+def _roundtrip_ms(adapter: Adapter, source: np.ndarray, sizes: Sizes) -> float:
+    prepared = adapter.prepare(source)
+    _check(adapter.call(prepared), source)
+    for _ in range(sizes.warmups):
+        adapter.call(prepared)
+    # The result is dropped inside the timed call: memwise's slot goes back to its pool there.
+    return _median_ms(lambda: adapter.call(prepared), sizes.samples)
+
+
+def _measure(system: System, inputs: Inputs, sizes: Sizes) -> Figures:
+    with system() as adapter:
+        return {
+            "roundtrip_ms": _roundtrip_ms(adapter, inputs.array, sizes),
+            "image_roundtrip_ms": _roundtrip_ms(adapter, inputs.image, sizes),
+        }
+
+
+def _in_process(inputs: Inputs, sizes: Sizes) -> Figures:
+    figures = {}
+    for key, source in (("roundtrip_ms", inputs.array), ("image_roundtrip_ms", inputs.image)):
+        for _ in range(sizes.warmups):
+            one_minus(source)
+        figures[key] = _median_ms(partial(one_minus, source), sizes.samples)
+    return figures
+
+
+def run(quick: bool = False) -> TransferResult:
+    """Measure every system in this process; ``quick`` takes fewer samples (same sizes).
+
+    A system that cannot be imported or that fails is listed in ``skipped`` with the reason.
+    """
+    sizes = QUICK if quick else FULL
+    inputs = make_inputs()
+    in_process = _in_process(inputs, sizes)
+    results: dict[str, Figures] = {}
+    skipped: dict[str, str] = {}
+    for name, system in SYSTEMS.items():
+        try:
+            results[name] = _measure(system, inputs, sizes)
+        except ImportError as exc:
+            skipped[name] = f"not installed: {exc}"
+        # A peer that breaks must not take the other systems' figures down with it.
+        except Exception as exc:
+            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    with_limit = {**results, IN_PROCESS: in_process}
+    return {
+        "benchmark": "transfer",
+        "results": results,
+        "in_process_ms": in_process["roundtrip_ms"],
+        "image_in_process_ms": in_process["image_roundtrip_ms"],
+        "skipped": skipped,
+        "ratios": ratios_against(with_limit, SUBJECT, METRICS),
+        "slot_ratios": ratios_against(with_limit, SLOT_SUBJECT, METRICS),
+        "breakdown_ms": breakdown(inputs.array, sizes) if SUBJECT in results else {},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Where memwise's time goes
+# --------------------------------------------------------------------------------------------
+
+# Stages of one round trip in the order they happen; "compute" runs in the worker.
+REPLAYED = ("copy_in", "receive", "copy_out", "adopt", "release")
+
+
+class _Laps:
+    """Seconds between successive ``lap`` calls, by name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+
+
+def _replay_once(array: np.ndarray, slots: Any) -> dict[str, float]:
+    """The transport's CPU work for one ``1 - a`` round trip, done in this process.
+
+    Parent and worker sides run here one after the other, with the same functions the pool
+    uses, so what is left of a real round trip is messaging, wake-ups and scheduling.
+    """
+    from memwise import _oob, _wire, shared
+
+    laps = _Laps()
+    outgoing = _oob.Outgoing(_oob.DEFAULT_THRESHOLD, fallback=False)
+    call: tuple[Any, ...] = (one_minus, (array,), {})
+    payload = _wire.dumps(call, "the call", calls=True, buffer_callback=outgoing)
+    laps.lap("copy_in")
+    fn, args, kwargs = _wire.loads(payload, "the call", _oob.borrowed(tuple(outgoing.handles)))
+    laps.lap("receive")
+    result = fn(*args, **kwargs)
+    del fn, args, kwargs  # the borrowed views: gone, as in the worker after a task
+    laps.lap("compute")
+    encoder = slots.encoder()
+    data = _wire.dumps(result, "the result", buffer_callback=encoder)
+    del result
+    laps.lap("copy_out")
+    value = _wire.loads(data, "the result", _oob.adopted(tuple(encoder.gifts)))
+    laps.lap("adopt")
+    del value  # its slot goes back to the pool, as when a caller drops a result
+    outgoing.release()
+    shared.take_returns()  # nobody to return the borrowed handles to in one process
+    slots.stock(_oob.restock({array.nbytes: 1}, os.getpid()))
+    laps.lap("release")
+    return laps.seconds
+
+
+def _replayed_ms(array: np.ndarray, sizes: Sizes) -> dict[str, float]:
+    from memwise import _oob
+    from memwise.shared._names import current_owner
+
+    slots = _oob.WorkerSlots(current_owner(), _oob.DEFAULT_THRESHOLD)
+    try:
+        for _ in range(sizes.warmups):
+            _replay_once(array, slots)
+        runs = [_replay_once(array, slots) for _ in range(sizes.samples)]
+    finally:
+        slots.pool().close()
+    return {stage: statistics.median(r[stage] for r in runs) * 1e3 for stage in runs[0]}
+
+
+def _pool_ms(array: np.ndarray, sizes: Sizes) -> dict[str, float]:
+    """Measured in a WorkerPool: the round trip, the compute inside it, a tiny round trip."""
+    from memwise import WorkerPool
+
+    tiny = np.ones(8)
+    with WorkerPool(WORKERS) as pool:
+        for _ in range(sizes.warmups):
+            pool.submit(timed_one_minus, array).result(WAIT_S)
+        computes, trips = [], []
+        for _ in range(sizes.samples):
+            start = time.perf_counter()
+            seconds, _result = pool.submit(timed_one_minus, array).result(WAIT_S)
+            del _result
+            trips.append(time.perf_counter() - start)
+            computes.append(seconds)
+        tiny_ms = _median_ms(lambda: pool.submit(one_minus, tiny).result(WAIT_S), sizes.samples)
+    return {
+        "roundtrip": statistics.median(trips) * 1e3,
+        "worker_compute": statistics.median(computes) * 1e3,
+        "tiny_roundtrip": tiny_ms,
+    }
+
+
+def breakdown(array: np.ndarray, sizes: Sizes = FULL) -> dict[str, float]:
+    """Median ms per stage of memwise's round trip on ``array``; see the module docstring.
+
+    ``compute`` is ``1 - a`` replayed here, ``worker_compute`` the same measured in a worker;
+    ``messaging`` is the measured round trip minus every stage (with the worker's compute).
+    """
+    stages = _replayed_ms(array, sizes)
+    measured = _pool_ms(array, sizes)
+    accounted = sum(stages[s] for s in REPLAYED) + measured["worker_compute"]
+    return {**stages, **measured, "messaging": measured["roundtrip"] - accounted}
+
+
+# --------------------------------------------------------------------------------------------
+# Printing
+# --------------------------------------------------------------------------------------------
+
+
+def print_table(result: TransferResult, console: Console | None = None) -> None:
+    """Figures, memwise ÷ each peer (in-process included), the targets and the breakdown."""
+    console = console or Console()
+    limit: Figures = {
+        "roundtrip_ms": result["in_process_ms"],
+        "image_roundtrip_ms": result["image_in_process_ms"],
+    }
+    shown: BenchResult = {
+        "benchmark": result["benchmark"],
+        "results": {**result["results"], IN_PROCESS: limit},  # the limit, as the last row
+        "skipped": result["skipped"],
+        "ratios": result["ratios"],
+    }
+    print_result(shown, METRICS, SUBJECT, console)
+    console.print(_targets_table(result))
+    if result["breakdown_ms"]:
+        console.print(_breakdown_table(result["breakdown_ms"]))
+
+
+def _verdict(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "n/a"
+    mark = "[green]ok[/]" if ratio <= target else "[red]missed[/]"
+    return f"{ratio:.2f}x {mark}"
+
+
+def _targets_table(result: TransferResult) -> Table:
+    table = Table(
+        title="targets",
+        caption=f"at most {TARGET_VS_IN_PROCESS:g}x in-process and {TARGET_VS_RAY:g}x Ray",
+    )
+    table.add_column("subject ÷ limit", no_wrap=True)
+    for m in METRICS:
+        table.add_column(m.header, justify="right")
+    for subject, ratios in ((SUBJECT, result["ratios"]), (SLOT_SUBJECT, result["slot_ratios"])):
+        for peer, target in ((IN_PROCESS, TARGET_VS_IN_PROCESS), (RAY, TARGET_VS_RAY)):
+            row = ratios.get(peer, {})
+            table.add_row(
+                f"{subject} ÷ {peer}", *(_verdict(row.get(m.key), target) for m in METRICS)
+            )
+    return table
+
+
+_STAGE_NOTES = {
+    "copy_in": "parent: argument into a reused slot (pickle + memcpy)",
+    "receive": "worker: views of the borrowed slot (unpickle)",
+    "compute": "1 - a, replayed in this process",
+    "copy_out": "worker: result into a restocked slot (pickle + memcpy)",
+    "adopt": "parent: adopt the result slot (unpickle)",
+    "release": "parent: free the slots, restock the worker",
+    "worker_compute": "1 - a measured inside the worker",
+    "messaging": "round trip - stages - worker compute: pipes, wake-ups, GC",
+    "roundtrip": "measured round trip (timed_one_minus)",
+    "tiny_roundtrip": "round trip of an 8-element array: the pool's floor",
+}
+
+
+def _breakdown_table(stages: dict[str, float]) -> Table:
+    table = Table(title="memwise 48 MB round trip, by stage (median ms)")
+    table.add_column("stage", no_wrap=True)
+    table.add_column("ms", justify="right")
+    table.add_column("what")
+    for stage, ms in stages.items():
+        table.add_row(stage, f"{ms:,.2f}", _STAGE_NOTES.get(stage, ""))
+    return table
