@@ -173,3 +173,11 @@ def sigkill_self() -> None:
 
 def echo(value: Any) -> Any:
     return value
+
+
+def allocate_and_free(nbytes: int) -> int:
+    """Touch ``nbytes`` of fresh memory, free it, and return how much was touched."""
+    block = bytearray(nbytes)
+    block[::4096] = b"\x01" * len(range(0, nbytes, 4096))
+    del block
+    return nbytes

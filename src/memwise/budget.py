@@ -49,13 +49,23 @@ class MemoryBudget:
         max_wait: seconds work may wait for room before failing with ``MemoryBudgetExceeded``.
         poll: how often waiting work re-measures, in seconds (memory also frees without any
             event memwise could wait on).
+        learn: in pools, measure each task's peak memory (Linux) and reserve, for a task
+            submitted without ``memory=``, the largest recent peak of its function.
 
     Thread-safe. ``with budget.reserve("600 MiB"): ...`` guards a block of code;
     ``WorkerPool(budget=budget)`` with ``submit(..., memory="600 MiB")`` guards tasks.
     """
 
-    def __init__(self, limit: int | float | str, *, max_wait: float = 60.0, poll: float = 0.05):
+    def __init__(
+        self,
+        limit: int | float | str,
+        *,
+        max_wait: float = 60.0,
+        poll: float = 0.05,
+        learn: bool = False,
+    ):
         self.limit = parse_size(limit)
+        self.learn = learn
         if max_wait < 0 or poll <= 0:
             raise ValueError("max_wait must be >= 0 and poll > 0")
         self.max_wait = max_wait

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "PeakProbe",
     "SystemMemory",
     "Usage",
     "format_size",
@@ -424,3 +425,46 @@ def trim() -> int | None:
     before = private_memory()
     malloc_trim(0)
     return max(0, before - private_memory())
+
+
+# --------------------------------------------------------------------------------------------
+# Peak of one piece of work
+# --------------------------------------------------------------------------------------------
+
+
+class PeakProbe:
+    """How far this process's resident memory rose during a piece of work (Linux only).
+
+    ``start()`` resets the kernel's high-water mark (``VmHWM``, by writing ``5`` to
+    ``/proc/self/clear_refs``, Linux >= 4.0) and notes the current RSS; ``rise()`` is the peak
+    since then minus that RSS: what the work needed at its worst, including temporaries it freed
+    before returning, which a before/after difference misses. About 20 µs per use. Where this
+    is not available, ``rise()`` returns None.
+    """
+
+    def __init__(self) -> None:
+        self._base: int | None = None
+
+    def start(self) -> None:
+        if not _LINUX:
+            return
+        try:
+            fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+            try:
+                os.write(fd, b"5")
+            finally:
+                os.close(fd)
+            self._base = _statm(os.getpid())[0]
+        except OSError:
+            self._base = None
+
+    def rise(self) -> int | None:
+        if self._base is None:
+            return None
+        status = _read("/proc/self/status")
+        start = status.find(b"VmHWM:")
+        if start < 0:
+            return None
+        start += len(b"VmHWM:")
+        peak = int(status[start : status.index(b"kB", start)]) * 1024
+        return max(0, peak - self._base)

@@ -131,16 +131,17 @@ def _admit(sup: Supervisor, task: Task) -> bool:
     budget = sup.config.budget
     if budget is None or task.dropped or task.future.cancelled():
         return True
-    task.reservation = budget.try_reserve(task.memory)
+    amount = task.memory or (sup.peaks.get(task.label, 0) if budget.learn else 0)
+    task.reservation = budget.try_reserve(amount)
     if task.reservation is not None:
         return True
     now = time.monotonic()
     if task.blocked_since is None:
         task.blocked_since = now
-    never_fits = task.memory > budget.limit
+    never_fits = amount > budget.limit
     if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
         sup.counts["failed"] += 1
-        task.future.set_exception(budget.exceeded(task.memory, now - task.blocked_since))
+        task.future.set_exception(budget.exceeded(amount, now - task.blocked_since))
         return False
     sup.queue.push_back([task])
     sup.budget_blocked = True

@@ -38,6 +38,7 @@ from memwise.shared._names import current_owner
 
 SPARE = -1  # the slot number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
+PEAK_DECAY = 0.9  # per task, of a function's learned peak
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Supervisor:
         self._results: list[tuple[Future[Any], Any]] = []
         self._next_poll = 0.0
         self._retry_start_at: float | None = None
+        self.peaks: dict[str, int] = {}  # learned peak memory per function (MemoryBudget.learn)
         self.budget_blocked = False
         self.started = threading.Event()
         self.startup_error: BaseException | None = None
@@ -349,6 +351,7 @@ class Supervisor:
             "owner": current_owner(),
             "shm_threshold": self.config.shm_threshold,
             "recycle": self.config.recycle,
+            "measure_peak": self.config.budget is not None and self.config.budget.learn,
         }
         try:
             worker.channel.send(
@@ -526,11 +529,14 @@ class Supervisor:
         gifts: tuple[Any, ...],
         returns: list[Any],
         private: int | None,
+        peak: int | None,
     ) -> None:
         task = worker.outstanding.popleft()
         assert task.id == task_id, "worker results arrived out of order"
         task.release_memory()
         _oob.returned(returns, worker.pid)
+        if peak is not None:
+            self._learn_peak(task, peak)
         for gift in gifts:
             produced = worker.result_sizes
             produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, dispatch.RESTOCK_DEPTH)
@@ -553,6 +559,11 @@ class Supervisor:
                 self.retire(worker, reason)
         elif not worker.outstanding:
             self.stop(worker)
+
+    def _learn_peak(self, task: Task, peak: int) -> None:
+        # The largest recent peak, decaying so that one outlier does not block forever.
+        label = task.label
+        self.peaks[label] = max(peak, int(self.peaks.get(label, 0) * PEAK_DECAY))
 
     def _complete(self, task: Task, status: int, payload: bytes, gifts: tuple[Any, ...]) -> None:
         try:

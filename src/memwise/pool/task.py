@@ -112,5 +112,10 @@ class Task:
             return True
         return False
 
+    @property
+    def label(self) -> str:
+        """The function's name, for messages and per-function statistics."""
+        return _wire.describe(self.fn)
+
     def __str__(self) -> str:
-        return f"task {self.id} ({_wire.describe(self.fn)})"
+        return f"task {self.id} ({self.label})"

@@ -12,8 +12,8 @@ one ``run`` message and of successive ones are executed strictly in order, which
 parent know which task was running when a worker dies: the oldest one without a result.
 
 worker → parent: ``("ready", pid)`` or ``("init_error", exception)``, then one
-``("done", task_id, status, payload, seconds, result_slots, returned_slots, private_memory)``
-per task, in order. Slot handles are explained in :mod:`memwise._oob`.
+``("done", task_id, status, payload, seconds, result_slots, returned_slots, private_memory,
+peak_rise)`` per task, in order. Slot handles are explained in :mod:`memwise._oob`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 from memwise import _channel, _oob, _wire
 from memwise.errors import SerializationError
+from memwise.memory import PeakProbe
 from memwise.pool.ledger import Ledger
 
 OK, RAISED = 0, 1
@@ -171,6 +172,7 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
         sys.exit(EXIT_INIT_FAILED)
     slots = _oob.WorkerSlots(options["owner"], options["shm_threshold"])
     recycle = options["recycle"]
+    probe = PeakProbe() if options["measure_peak"] else None
     borrowing = False
     tasks_done = 0
     newest_epoch = -1
@@ -181,7 +183,10 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
             if not ledger.begin(task_id, epoch):
                 continue  # taken back by the supervisor, or we are retiring
             borrowing = borrowing or bool(handles)
+            if probe is not None:
+                probe.start()
             outcome = _execute(task_id, payload, handles, slots)
+            peak = None if probe is None else probe.rise()
             returns = _oob.returns() if borrowing else []
             tasks_done += 1
             private = _after_task(options)
@@ -190,7 +195,7 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
                 # go to another worker, and this one's memory never exceeds its limit by more
                 # than one task's worth. The supervisor reaches the same verdict from "done".
                 ledger.revoke(newest_epoch)
-            _send(channel, ("done", *outcome, returns, private))
+            _send(channel, ("done", *outcome, returns, private, peak))
             continue
         if not inbox:
             try:
