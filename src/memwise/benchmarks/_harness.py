@@ -59,6 +59,25 @@ def median_time(fn: Callable[[], object], samples: int) -> float:
     return statistics.median(time_call(fn) for _ in range(samples))
 
 
+def measure_systems(
+    measures: Mapping[str, Callable[[], Figures]],
+) -> tuple[dict[str, Figures], dict[str, str]]:
+    """Run each system's measurement; a system that is missing or breaks is skipped, with why.
+
+    A peer that breaks must not take the other systems' figures down with it.
+    """
+    results: dict[str, Figures] = {}
+    skipped: dict[str, str] = {}
+    for name, measure in measures.items():
+        try:
+            results[name] = measure()
+        except ImportError as exc:
+            skipped[name] = f"not available: {exc}"
+        except Exception as exc:
+            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    return results, skipped
+
+
 def ratios_against(
     results: Mapping[str, Figures], subject: str, metrics: Sequence[Metric]
 ) -> dict[str, Figures]:

@@ -14,6 +14,7 @@ not part of these figures.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -28,6 +29,7 @@ from memwise.benchmarks._harness import (
     Figures,
     Metric,
     best_time,
+    measure_systems,
     median_time,
     print_result,
     ratios_against,
@@ -261,16 +263,9 @@ def run(systems: Sequence[str] | None = None, quick: bool = False) -> BenchResul
     sizes = QUICK if quick else FULL
     for variable in _THREAD_VARIABLES:
         os.environ[variable] = "1"
-    results: dict[str, Figures] = {}
-    skipped: dict[str, str] = {}
-    for name in names:
-        try:
-            results[name] = _measure(SYSTEMS[name], sizes)
-        except ImportError as exc:
-            skipped[name] = f"not available: {exc}"
-        # A peer that breaks must not take the other systems' figures down with it.
-        except Exception as exc:
-            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    results, skipped = measure_systems(
+        {name: functools.partial(_measure, SYSTEMS[name], sizes) for name in names}
+    )
     return {
         "benchmark": "overhead",
         "results": results,

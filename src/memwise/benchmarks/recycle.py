@@ -26,6 +26,7 @@ a fresh pool, warmed up first; with repeats, throughput is the best run's and me
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import threading
 import time
@@ -40,6 +41,7 @@ from memwise.benchmarks._harness import (
     BenchResult,
     Figures,
     Metric,
+    measure_systems,
     print_result,
     ratios_against,
 )
@@ -183,16 +185,9 @@ def run(quick: bool = False) -> RecycleResult:
     A system that cannot be imported or that fails is listed in ``skipped`` with the reason.
     """
     sizes = QUICK if quick else FULL
-    results: dict[str, Figures] = {}
-    skipped: dict[str, str] = {}
-    for name, factory in SYSTEMS.items():
-        try:
-            results[name] = _measure(factory, sizes)
-        except ImportError as exc:
-            skipped[name] = f"not available: {exc}"
-        # A peer that breaks must not take the other systems' figures down with it.
-        except Exception as exc:
-            skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    results, skipped = measure_systems(
+        {name: functools.partial(_measure, factory, sizes) for name, factory in SYSTEMS.items()}
+    )
     return {
         "benchmark": "recycle",
         "results": results,
