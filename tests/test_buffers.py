@@ -93,7 +93,8 @@ def test_eight_threads_never_share_a_buffer() -> None:
         thread.join()
     assert errors == []
     stats = pool.stats()
-    assert stats.acquired == 8 * 300 and stats.in_use == 0 and stats.peak_in_use == 3
+    # How far the threads overlapped depends on scheduling; never beyond the pool size.
+    assert stats.acquired == 8 * 300 and stats.in_use == 0 and 1 <= stats.peak_in_use <= 3
     pool.close()
 
 

@@ -1,7 +1,9 @@
 """Out-of-band transport: large buffers cross processes through shared-memory slots.
 
 Pickle protocol 5 (PEP 574) hands every large contiguous buffer (an ndarray's data, a
-bytearray, ...) to a ``buffer_callback`` instead of copying it into the pickle. Here, buffers of
+``PickleBuffer``) to a ``buffer_callback`` instead of copying it into the pickle. (``bytes`` and
+``bytearray`` objects are always pickled inline by CPython; wrap large ones with
+``np.frombuffer`` to send them through a slot.) Here, buffers of
 at least ``threshold`` bytes go into slots of :mod:`memwise.shared` and only their handles
 travel through the pipe; the receiver rebuilds the objects with ``buffers=`` pointing into the
 slots, so arrays arrive as views: no copy on receive, one ``memcpy`` on send, and none when an
@@ -14,7 +16,9 @@ Directions and lifetimes (the protocol is :mod:`memwise.shared`'s):
   the worker borrows read-only views and returns the handles with the task's result.
 - **Results** (worker → parent) are *given*: the worker copies into a slot of a pool named
   after the parent and gives the segment away; the parent adopts it, and it returns to the
-  parent's pool when the last array over it is collected.
+  parent's pool when the last array over it is collected. A result the task built in a slot
+  (``memwise.shared.empty`` in a worker allocates from that same pool) is handed over with no
+  copy at all; the task must not touch it after returning it.
 - **Restock**: so that workers need not create (and page-fault) a fresh segment per result,
   the parent gives back warm free slots of the sizes a worker produced, with its next task.
 """
@@ -25,7 +29,7 @@ import pickle
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from memwise.errors import SharedMemoryExhausted
+from memwise.errors import SharedMemoryError
 
 if TYPE_CHECKING:
     from memwise.shared import Slot, SlotHandle, SlotPool
@@ -54,12 +58,13 @@ class Outgoing:
             return True
         from memwise import shared
 
+        pool = shared.default_pool()
         found = shared.find_slot(buffer)
-        if found is not None:
+        # Loans are recorded by the default pool; a slot of another pool is copied instead.
+        if found is not None and found[0].pool is pool:
             self.holds.append(buffer)  # keeps the array, hence its slot, alive
             self.handles.append(found[1])
             return False
-        pool = shared.default_pool()
         slot = pool.try_allocate(raw.nbytes, timeout=0.0 if self.fallback else pool.wait)
         if slot is None:
             if not self.fallback:
@@ -71,7 +76,7 @@ class Outgoing:
                 stacklevel=2,
             )
             return True
-        slot.buf[:] = raw
+        copy_into(slot.buf, raw)
         self.holds.append(slot)
         self.handles.append(slot.handle)
         return False
@@ -96,6 +101,32 @@ class Outgoing:
     def reset(self) -> None:
         self.release()
         self.handles = []
+
+
+# Above this, a copy is split between this thread and a helper thread: numpy copies release
+# the GIL, and one core alone does not saturate memory bandwidth (48 MB: 5.5 ms -> 3.6 ms).
+_PARALLEL_COPY = 8 << 20
+_copier: Any = None
+
+
+def copy_into(target: memoryview, source: memoryview) -> None:
+    """``target[:] = source`` for byte views of equal length, on two cores when large."""
+    global _copier
+    if source.nbytes < _PARALLEL_COPY:
+        target[:] = source
+        return
+    import numpy as np
+
+    if _copier is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _copier = ThreadPoolExecutor(1, thread_name_prefix="memwise-copy")
+    half = source.nbytes // 2
+    dst = np.frombuffer(target, np.uint8)
+    src = np.frombuffer(source, np.uint8)
+    other = _copier.submit(np.copyto, dst[half:], src[half:])
+    np.copyto(dst[:half], src[:half])
+    other.result()
 
 
 def borrowed(handles: tuple[SlotHandle, ...]) -> list[Any]:
@@ -129,6 +160,14 @@ class WorkerSlots:
             self._pool = SlotPool(owner=self._owner, sweep=False)
         return self._pool
 
+    def serve_tasks(self) -> None:
+        """Make this pool the process's default (in a worker): arrays a task makes with
+        memwise.shared.empty/zeros/copy then come from it, warm from restocking, and a
+        result among them is handed over without a copy."""
+        from memwise.shared import set_default_pool
+
+        set_default_pool(self.pool())
+
     def stock(self, handles: tuple[SlotHandle, ...]) -> None:
         """Adopt warm slots the parent gave back, free for the next results."""
         for handle in handles:
@@ -151,14 +190,18 @@ class Incoming:
         raw = buffer.raw()
         if raw.nbytes < self.slots.threshold:
             return True
+        from memwise import shared
+
         pool = self.slots.pool()
-        try:
-            slot = pool.try_allocate(raw.nbytes)
-        except SharedMemoryExhausted:
-            slot = None
+        slot = shared.hand_over(buffer, pool)
         if slot is None:
-            return True  # a result is never lost for want of shared memory: pickle it inline
-        slot.buf[:] = raw
+            try:
+                slot = pool.try_allocate(raw.nbytes)
+            except SharedMemoryError:
+                slot = None  # full /dev/shm or cap: a result is never lost for that, it goes inline
+            if slot is None:
+                return True
+            copy_into(slot.buf, raw)
         self.gifts.append(pool.give(slot))
         return False
 

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Protocol, Union
 
-from memwise.errors import RemoteError, RemoteTraceback, SerializationError
+from memwise.errors import RemoteError, RemoteTraceback, SerializationError, SharedMemoryError
 
 PROTOCOL = 5
 
@@ -62,6 +62,8 @@ def dumps(
     if not (calls and _interactive_main()):
         try:
             return pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
+        except SharedMemoryError:
+            raise  # no room for a buffer: pickling the object another way cannot help
         except Exception as exc:
             first_error = exc
     try:
@@ -70,6 +72,8 @@ def dumps(
         if buffer_callback is not None:
             buffer_callback.reset()  # forget buffers taken by the failed attempt
         return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
+    except SharedMemoryError:
+        raise
     except Exception as exc:
         raise SerializationError(
             f"could not pickle {_text(what)}: {first_error or exc!r}; pass picklable values "

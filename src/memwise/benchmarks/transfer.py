@@ -7,6 +7,9 @@ result of the same size comes back. The limit is the same ``1 - a`` in this proc
 Systems, each through its natural API:
 
 - ``memwise``: ``WorkerPool.submit(one_minus, a)`` with a plain array (copied into a slot);
+- ``memwise (in place)``: as ``memwise (slot)``, and the task writes its result into
+  ``memwise.shared.empty`` (``np.subtract(1, a, out=...)``), so it crosses back with no copy:
+  the zero-copy path both ways;
 - ``memwise (slot)``: the input made with ``memwise.shared.copy`` beforehand, so it travels
   as a handle, with no copy;
 - ``ProcessPoolExecutor``, ``loky``, ``pebble``: ``submit``/``schedule`` and ``result()``;
@@ -16,7 +19,9 @@ Systems, each through its natural API:
   ``ray.init(num_cpus=2, include_dashboard=False)`` and shut down afterwards.
 
 Figures are medians of round trips after warm-up (first touches of fresh memory are not what is
-measured); every system's first result is checked against ``1 - a``. ``breakdown_ms`` splits
+measured), the two inputs timed in turns; every system's first result is checked against
+``1 - a``. ``ratios`` is memwise's figure over each peer's, ``in-process`` included;
+``slot_ratios`` the same for ``memwise (slot)``. ``breakdown_ms`` splits
 memwise's 48 MB round trip into its stages: the CPU work of the transport replayed in this
 process (copy in, receive, copy out, adopt, release), the compute measured inside a worker, and
 the rest (messages, wake-ups, scheduling) as what remains of the measured round trip.
@@ -24,10 +29,11 @@ the rest (messages, wake-ups, scheduling) as what remains of the measured round 
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -44,16 +50,18 @@ from memwise.benchmarks._harness import (
     median_time,
     print_result,
     ratios_against,
+    time_call,
 )
-from memwise.benchmarks._tasks import one_minus, timed_one_minus
+from memwise.benchmarks._tasks import one_minus, one_minus_in_slot, timed_one_minus
 
 __all__ = ["METRICS", "SYSTEMS", "TransferResult", "print_table", "run"]
 
 WORKERS = 2
 ARRAY_SHAPE = (6_000_000,)  # float64: 48 MB
 IMAGE_SHAPE = (2000, 2000, 3)  # float32: 48 MB
-# A hung pool becomes a skipped system instead of a benchmark that never ends.
-WAIT_S = 300.0
+# A hung pool becomes a skipped system instead of a benchmark that never ends; a healthy 48 MB
+# round trip takes well under a second, a first one (workers importing numpy) a few.
+WAIT_S = 120.0
 SUBJECT = "memwise"
 SLOT_SUBJECT = "memwise (slot)"
 IN_PROCESS = "in-process"
@@ -83,7 +91,7 @@ class Sizes:
     samples: int  # timed round trips per input (median)
 
 
-FULL = Sizes(warmups=3, samples=7)
+FULL = Sizes(warmups=12, samples=7)
 QUICK = Sizes(warmups=1, samples=3)
 
 
@@ -117,8 +125,10 @@ class Adapter:
 System = Callable[[], AbstractContextManager[Adapter]]
 
 
-def _executor_adapter(pool: Any, prepare: Callable[[np.ndarray], Any] = _as_is) -> Adapter:
-    return Adapter(lambda x: pool.submit(one_minus, x).result(WAIT_S), prepare)
+def _executor_adapter(
+    pool: Any, prepare: Callable[[np.ndarray], Any] = _as_is, task: Callable[..., Any] = one_minus
+) -> Adapter:
+    return Adapter(lambda x: pool.submit(task, x).result(WAIT_S), prepare)
 
 
 @contextmanager
@@ -135,6 +145,14 @@ def _memwise_slot() -> Iterator[Adapter]:
 
     with WorkerPool(WORKERS) as pool:
         yield _executor_adapter(pool, prepare=shared.copy)
+
+
+@contextmanager
+def _memwise_in_place() -> Iterator[Adapter]:
+    from memwise import WorkerPool, shared
+
+    with WorkerPool(WORKERS) as pool:
+        yield _executor_adapter(pool, prepare=shared.copy, task=one_minus_in_slot)
 
 
 @contextmanager
@@ -172,9 +190,18 @@ def _pebble() -> Iterator[Adapter]:
 
 @contextmanager
 def _ray_session() -> Iterator[Any]:
+    # Under ``uv run``, Ray starts its workers with ``uv run`` in a copy of the project, which
+    # builds a fresh environment without the ``ray`` extra (workers then die on ``import ray``).
+    # Workers of this very interpreter and environment are what the other systems get too.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
-    ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=WORKERS,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
     try:
         yield ray
     finally:
@@ -198,6 +225,7 @@ def _ray_put() -> Iterator[Adapter]:
 SYSTEMS: dict[str, System] = {
     SUBJECT: _memwise,
     SLOT_SUBJECT: _memwise_slot,
+    "memwise (in place)": _memwise_in_place,
     "ProcessPoolExecutor": _process_pool_executor,
     "loky": _loky,
     "pebble": _pebble,
@@ -221,30 +249,44 @@ def _check(result: Any, source: np.ndarray) -> None:
         raise RuntimeError("the round trip returned a wrong result")
 
 
-def _roundtrip_ms(adapter: Adapter, source: np.ndarray, sizes: Sizes) -> float:
-    prepared = adapter.prepare(source)
-    _check(adapter.call(prepared), source)
-    for _ in range(sizes.warmups):
-        adapter.call(prepared)
-    # The result is dropped inside the timed call: memwise's slot goes back to its pool there.
-    return _median_ms(lambda: adapter.call(prepared), sizes.samples)
+def _by_metric(inputs: Inputs) -> dict[str, np.ndarray]:
+    return {"roundtrip_ms": inputs.array, "image_roundtrip_ms": inputs.image}
 
 
 def _measure(system: System, inputs: Inputs, sizes: Sizes) -> Figures:
+    sources = _by_metric(inputs)
     with system() as adapter:
-        return {
-            "roundtrip_ms": _roundtrip_ms(adapter, inputs.array, sizes),
-            "image_roundtrip_ms": _roundtrip_ms(adapter, inputs.image, sizes),
-        }
+        prepared = {key: adapter.prepare(source) for key, source in sources.items()}
+        for key, source in sources.items():
+            _check(adapter.call(prepared[key]), source)
+        # Both inputs are warm before either is timed: stores that place each new object in
+        # fresh memory (Ray's) would otherwise favour whichever input is timed second.
+        for _ in range(sizes.warmups):
+            for item in prepared.values():
+                adapter.call(item)
+        calls = {key: partial(adapter.call, item) for key, item in prepared.items()}
+        return _interleaved_medians_ms(calls, sizes.samples)
+
+
+def _interleaved_medians_ms(calls: Mapping[str, Callable[[], object]], samples: int) -> Figures:
+    """Median ms of each call, timed in turns so that drifts (a store filling up, another
+    process waking) weigh on every input alike rather than on whichever is timed first.
+
+    A call's result is dropped inside its timing: memwise's slot goes back to its pool there.
+    """
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(samples):
+        for key, call in calls.items():
+            times[key].append(time_call(call))
+    return {key: statistics.median(seconds) * 1e3 for key, seconds in times.items()}
 
 
 def _in_process(inputs: Inputs, sizes: Sizes) -> Figures:
-    figures = {}
-    for key, source in (("roundtrip_ms", inputs.array), ("image_roundtrip_ms", inputs.image)):
-        for _ in range(sizes.warmups):
-            one_minus(source)
-        figures[key] = _median_ms(partial(one_minus, source), sizes.samples)
-    return figures
+    calls = {key: partial(one_minus, source) for key, source in _by_metric(inputs).items()}
+    for _ in range(sizes.warmups):
+        for call in calls.values():
+            call()
+    return _interleaved_medians_ms(calls, sizes.samples)
 
 
 def run(quick: bool = False) -> TransferResult:

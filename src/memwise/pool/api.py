@@ -70,9 +70,10 @@ class WorkerPool(Executor):
         trim: return freed heap memory to the OS after every task (glibc ``malloc_trim``).
         budget: a :class:`MemoryBudget`; a task starts only when the measured memory (this
             process, the workers, shared slots) plus its ``submit(memory=...)`` fits.
-        shm_threshold: buffers (ndarray data, bytes-like objects) of at least this size cross
-            processes through shared-memory slots instead of the pipe, in both directions:
-            arrays arrive as read-only views of the slots, with no copy on receive.
+        shm_threshold: contiguous ndarray data (and other PEP 574 buffers) of at least this
+            size cross processes through shared-memory slots instead of the pipe, in both
+            directions: arrays arrive as read-only views of the slots, with no copy on receive.
+            An array that already lives in a slot travels as a handle, with no copy at all.
         shm_fallback: when the shared-memory cap is reached, pickle through the pipe with a
             warning instead of waiting for a slot and then failing with
             ``SharedMemoryExhausted``.

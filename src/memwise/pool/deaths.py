@@ -41,8 +41,9 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
         sup.on_message(worker, pickle.loads(data))
     worker.process.join(1.0)
     exitcode = worker.process.exitcode
-    if not (worker.state is State.STOPPING and not worker.outstanding):
-        _oob.reclaim(worker.pid)  # its loans end; what it created and held is unlinked
+    # However it ended: its loans end, and the slots it held (warm ones given back to it for
+    # its results, ones it created and never handed over) are unlinked.
+    _oob.reclaim(worker.pid)
     sup.forget(worker)
     if sup.broken is not None:
         return

@@ -140,12 +140,12 @@ class Supervisor:
             if candidate is None or dispatch.key_change(self, candidate, task.key):
                 return False
             worker = self.idle.pop(task.slot)
+        message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
         task.claim()
         worker.busy_since = time.monotonic()
         worker.outstanding.append(task)
         if task.key is not None:
             worker.last_key = task.key
-        message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
         try:
             worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
         except OSError:

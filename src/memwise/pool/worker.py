@@ -171,6 +171,7 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
     if kind != "init" or not _initialize(channel, payload):
         sys.exit(EXIT_INIT_FAILED)
     slots = _oob.WorkerSlots(options["owner"], options["shm_threshold"])
+    slots.serve_tasks()
     recycle = options["recycle"]
     probe = PeakProbe() if options["measure_peak"] else None
     borrowing = False

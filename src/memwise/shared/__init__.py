@@ -63,7 +63,14 @@ from memwise.shared._pool import SlotPool
 from memwise.shared._report import SizeClassStats, SlotLeak, SlotStats
 from memwise.shared._slot import Slot, SlotHandle
 from memwise.shared._sweep import sweep_orphans
-from memwise.shared._views import borrow, find_slot, release, slot_array, take_returns
+from memwise.shared._views import (
+    borrow,
+    find_slot,
+    hand_over,
+    release,
+    slot_array,
+    take_returns,
+)
 
 __all__ = [
     "Owner",
@@ -79,6 +86,7 @@ __all__ = [
     "default_pool",
     "empty",
     "find_slot",
+    "hand_over",
     "leaks",
     "release",
     "set_default_pool",

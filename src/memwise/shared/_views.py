@@ -27,6 +27,7 @@ from memwise.shared import _cache
 if TYPE_CHECKING:
     import numpy as np
 
+    from memwise.shared._pool import SlotPool
     from memwise.shared._slot import Slot, SlotHandle
 
 _MAX_BASE_CHAIN = 64
@@ -157,6 +158,24 @@ def find_slot(obj: object) -> tuple[Slot, SlotHandle] | None:
         return None
     offset = _address(obj) - binding.start if obj.nbytes else 0
     return binding.slot, replace(binding.handle, nbytes=obj.nbytes, offset=offset)
+
+
+def hand_over(obj: object, pool: SlotPool) -> Slot | None:
+    """The slot of ``pool`` that ``obj`` covers exactly, detached from its arrays, or None.
+
+    For a task's result built in a slot: the transport gives that slot away instead of
+    copying it. The arrays over it stay readable in this process, but the slot is no longer
+    theirs: it is not released when they are collected, and they must not be used any more.
+    """
+    binding = _find(obj)
+    if binding is None or binding.slot is None or binding.slot.pool is not pool:
+        return None
+    found = find_slot(obj)
+    if found is None or found[1].offset or found[1].nbytes != binding.slot.handle.nbytes:
+        return None
+    binding.finalizer.detach()
+    _bindings.pop(id(binding.keeper()), None)
+    return binding.slot
 
 
 def _reset_after_fork() -> None:
