@@ -261,6 +261,8 @@ class Supervisor:
         """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
         if self.broken is not None or (self.closing and not self.queue):
             return
+        if len(self.workers) == self.config.max_workers and not self._wants_spare():
+            return  # every slot is filled: the common case, on every turn of the loop
         wanted = set(range(self.config.min_workers)) | self.queue.waiting_slots()
         spare = sum(
             1
