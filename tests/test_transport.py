@@ -618,3 +618,24 @@ def test_a_result_built_in_a_slot_is_handed_over() -> None:
             assert find_slot(got) is not None and not got.flags.writeable
             del got
     assert in_use() == 0, shared.leaks()
+
+
+def test_a_result_that_cannot_be_mapped_fails_only_its_future(monkeypatch: Any) -> None:
+    from memwise import _oob
+
+    real = _oob.adopted
+    calls = {"n": 0}
+
+    def fail_once(handles: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(24, "Too many open files (simulated)")
+        return real(handles)
+
+    monkeypatch.setattr(_oob, "adopted", fail_once)
+    array = big_array(3)
+    with WorkerPool(1) as pool:
+        with pytest.raises(OSError, match="Too many open files"):
+            pool.submit(tasks.one_minus, array).result(WAIT)
+        assert np.array_equal(pool.submit(tasks.one_minus, array).result(WAIT), 1 - array)
+    gc.collect()

@@ -248,6 +248,7 @@ def spawn(
     isolation: Isolation = "auto",
     restarts: int = 3,
     start_method: str | None = None,
+    init_timeout: float = 60.0,
     **kwargs: Any,
 ) -> Actor:
     """An :class:`Actor` hosting ``cls(*args, **kwargs)`` in its own process.
@@ -259,9 +260,19 @@ def spawn(
         restarts: how many times a crashed process is restarted (re-running the
             constructor) before calls fail with ``BrokenPool``. The call in flight when it
             crashed is retried once, then fails with ``WorkerCrashed``.
+        start_method, init_timeout: as for :class:`~memwise.pool.WorkerPool`.
+
+    These keywords are spawn's own; pass a constructor argument of the same name through
+    ``functools.partial(cls, ...)``.
     """
     return Actor(
-        cls, args, kwargs, isolation=isolation, restarts=restarts, start_method=start_method
+        cls,
+        args,
+        kwargs,
+        isolation=isolation,
+        restarts=restarts,
+        start_method=start_method,
+        init_timeout=init_timeout,
     )
 
 

@@ -97,6 +97,11 @@ def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> Non
         # a task was sent): they are simply queued again, and the death counts as idle.
         note_failure(sup, WorkerCrashed(_idle_death(worker, exitcode), worker.pid, exitcode))
         return
+    if worker.kill_reason == "timeout" and running is not worker.timed_out:
+        # Killed for a task that finished just before the kill (its result was drained
+        # above): the one it had started since is innocent and runs again elsewhere.
+        sup.queue.push_back([running])
+        return
     if worker.kill_reason == "timeout":
         sup.counts["timeouts"] += 1
         sup.counts["failed"] += 1

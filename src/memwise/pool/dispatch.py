@@ -57,24 +57,32 @@ def dispatch(sup: Supervisor) -> None:
     sup.reclaim_lent_workers()
     if sup.broken is not None:
         return
-    ready = [w for w in sup.workers.values() if w.state is State.READY]
+    ready = [w for w in sup.workers.values() if w.state is State.READY and w.kill_reason is None]
     sup.budget_blocked = False
     if sup.queue:
         depth = _pipeline_depth(sup)
         batches: dict[Worker, list[Task]] = {w: [] for w in ready}
         progress = True
-        while progress and sup.queue:
-            progress = False
-            for worker, batch in batches.items():
-                if not _has_room(worker, batch, depth):
-                    continue
-                task = _next_for(sup, worker, batch)
-                if task is not None:
-                    batch.append(task)
-                    progress = True
-        for worker, batch in batches.items():
-            if batch:
-                _send(sup, worker, batch)
+        try:
+            while progress and sup.queue and not sup.budget_blocked:
+                progress = False
+                for worker, batch in batches.items():
+                    if not _has_room(worker, batch, depth):
+                        continue
+                    task = _next_for(sup, worker, batch)
+                    if task is not None:
+                        batch.append(task)
+                        progress = True
+            for worker in list(batches):
+                batch = batches.pop(worker)
+                if batch:
+                    _send(sup, worker, batch)
+        except BaseException as exc:
+            # Claimed tasks not yet sent are in no list break_pool sees: fail them here.
+            for batch in batches.values():
+                for task in batch:
+                    task.future.set_exception(exc)
+            raise
     # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
     if not sup.queue and not sup.closing and sup.config.budget is None:
         with sup.lock:
@@ -100,26 +108,26 @@ def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None
         task = sup.queue.pop_for(worker.slot)
         if task is None:
             return None
-        if busy and not _pipelinable(task, batch):
+        if busy and not _pipelinable(task, worker, batch):
             sup.queue.push_back([task])
             return None
         if not _admit(sup, task):
             return None
+        sup.forget_latest(task)  # started or cancelled: nothing newer can drop it now
         if task.claim():
-            if task.coalesce is not None and sup.latest.get(task.coalesce) is task:
-                del sup.latest[task.coalesce]
             return task
         task.release_memory()
 
 
-def _pipelinable(task: Task, batch: list[Task]) -> bool:
+def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
     """Whether ``task`` may be queued on a worker that is busy.
 
     Not a latest-wins task: it must stay cancellable until a worker is actually free.
     """
     if task.coalesce is not None:
         return False
-    return len(task.payload) + sum(len(t.payload) for t in batch) <= PIPELINE_BYTES
+    unread = sum(len(t.payload) for t in (*worker.outstanding, *batch))
+    return len(task.payload) + unread <= PIPELINE_BYTES
 
 
 def _admit(sup: Supervisor, task: Task) -> bool:
@@ -140,6 +148,7 @@ def _admit(sup: Supervisor, task: Task) -> bool:
         task.blocked_since = now
     never_fits = amount > budget.limit
     if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
+        sup.forget_latest(task)
         sup.counts["failed"] += 1
         task.future.set_exception(budget.exceeded(amount, now - task.blocked_since))
         return False
@@ -202,6 +211,7 @@ def steal(sup: Supervisor, worker: Worker) -> None:
 
 def take_back(sup: Supervisor, worker: Worker) -> bool:
     """Return to the queue every task sent to ``worker`` that it has not started."""
+    sup.reclaim_lent_workers()  # the queue is no longer empty: nothing may overtake these
     running = worker.ledger.revoke(worker.epoch)
     if running is None:
         return False

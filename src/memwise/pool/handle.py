@@ -46,6 +46,7 @@ class Worker:
         self.busy_since = 0.0
         self.idle_since = time.monotonic()
         self.kill_reason: str | None = None
+        self.timed_out: Task | None = None  # the task it was killed for overrunning
         self.init_error: BaseException | None = None
         self.tasks_done = 0
         self.last_key: Hashable = None

@@ -39,6 +39,7 @@ from memwise.shared._names import current_owner
 SPARE = -1  # the slot number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 PEAK_DECAY = 0.9  # per task, of a function's learned peak
+DIRECT_BYTES = 1 << 20  # largest payload a submitting thread writes to a worker itself
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Supervisor:
         self.config = config
         self._ctx = get_context(config.start_method)
         self.lock = threading.Lock()
-        # Guarded by _lock: what user threads hand over, and READY workers with nothing to do
+        # Guarded by lock: what user threads hand over, and READY workers with nothing to do
         # lent to submitting threads by slot (see _send_direct_locked).
         self.incoming: deque[Task] = deque()
         self.idle: dict[int, Worker] = {}
@@ -119,7 +120,10 @@ class Supervisor:
             if self.closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self.counts["submitted"] += 1
-            if self.idle and not self.incoming and self._send_direct_locked(task):
+            # Large inline payloads are queued: writing them here would hold the lock, and so
+            # every other submitter and the supervisor, for as long as the copy takes.
+            direct = self.idle and not self.incoming and len(task.payload) <= DIRECT_BYTES
+            if direct and self._send_direct_locked(task):
                 return
             self.incoming.append(task)
             self._poke_locked()
@@ -128,10 +132,11 @@ class Supervisor:
         """Hand ``task`` straight to an idle worker from the submitting thread, if one fits.
 
         This is the one exception to "only the supervisor touches workers", and it is narrow:
-        the supervisor lends idle workers by listing them in ``_idle`` (only while its queue
-        is empty, so nothing is overtaken) and takes them back under the same lock before it
-        uses, stops or forgets them. Skipping the hop to the supervisor thread halves the
-        latency of a lone call, which is what interactive callers wait for.
+        the supervisor lends idle workers by listing them in ``idle`` (only while its queue is
+        empty, so nothing is overtaken; anything that queues a task takes them back first)
+        and takes them back under the same lock before it uses, stops or forgets them.
+        Skipping the hop to the supervisor thread halves the latency of a lone call, which is
+        what interactive callers wait for.
         """
         if task.slot is None:
             worker = self.idle.pop(next(iter(self.idle)))
@@ -242,8 +247,14 @@ class Supervisor:
         self.latest[task.coalesce] = task
 
     def _drop(self, task: Task) -> None:
+        self.forget_latest(task)
         if task.drop():
             self.counts["cancelled"] += 1
+
+    def forget_latest(self, task: Task) -> None:
+        """``task`` leaves the queue for good: it can no longer be the newest of its tag."""
+        if task.coalesce is not None and self.latest.get(task.coalesce) is task:
+            del self.latest[task.coalesce]
 
     def _resolve(self) -> None:
         """Set the results collected in this round, last thing before waiting again.
@@ -427,6 +438,7 @@ class Supervisor:
                 steal_at = worker.busy_since + dispatch.STEAL_SECONDS
                 if steal_at <= now:
                     dispatch.steal(self, worker)
+                    nearest = now  # dispatch the stolen tasks without waiting for an event
                 elif nearest is None or steal_at < nearest:
                     nearest = steal_at
         if self.config.recycle.hard_memory is not None and any(
@@ -456,6 +468,12 @@ class Supervisor:
         return idle
 
     def _on_deadline(self, worker: Worker) -> None:
+        # A submitting thread may have handed this (idle) worker a task since the deadline was
+        # computed: take the loans back and look again.
+        self.reclaim_lent_workers()
+        deadline = worker.deadline(self.config.init_timeout, self._idle_limit(worker))
+        if deadline is None or deadline > time.monotonic():
+            return
         if worker.state is State.STARTING:
             worker.init_error = WorkerInitError(
                 f"the worker initializer did not finish within init_timeout="
@@ -465,11 +483,11 @@ class Supervisor:
         elif worker.state is State.STOPPING:
             self.kill(worker, "stop timeout")
         elif worker.outstanding:
+            worker.timed_out = worker.outstanding[0]
             self.kill(worker, "timeout")
         elif worker in self.spares:
             self.stop(worker)
         else:
-            self.reclaim_lent_workers()
             self.retire(worker, "idle")
 
     def _check_hard_memory(self) -> None:
@@ -490,11 +508,16 @@ class Supervisor:
     # ----- messages ----------------------------------------------------------------------
 
     def _on_readable(self, worker: Worker) -> None:
+        if worker.conn.closed:
+            return  # its exit was handled earlier in the same round of events
         try:
             messages = worker.channel.receive()
         except (EOFError, OSError):
             # The process is exiting; its sentinel will tell how, so wait for that.
-            self._selector.unregister(worker.conn)
+            try:
+                self._selector.unregister(worker.conn)
+            except (KeyError, ValueError, OSError):
+                pass
             return
         for data in messages:
             self.on_message(worker, pickle.loads(data))
@@ -535,6 +558,26 @@ class Supervisor:
     ) -> None:
         task = worker.outstanding.popleft()
         assert task.id == task_id, "worker results arrived out of order"
+        try:
+            self._finish(worker, task, status, payload, seconds, gifts, returns, private, peak)
+        except BaseException as exc:
+            # The task has left every list break_pool looks at: fail it here, or it is lost.
+            if not task.future.done():
+                task.future.set_exception(exc)
+            raise
+
+    def _finish(
+        self,
+        worker: Worker,
+        task: Task,
+        status: int,
+        payload: bytes,
+        seconds: float,
+        gifts: tuple[Any, ...],
+        returns: list[Any],
+        private: int | None,
+        peak: int | None,
+    ) -> None:
         task.release_memory()
         _oob.returned(returns, worker.pid)
         if peak is not None:
@@ -574,7 +617,8 @@ class Supervisor:
                 value = _wire.loads(payload, lambda: f"the result of {task}", buffers)
             else:
                 error = _wire.load_exception(payload)
-        except SerializationError as exc:
+        except (SerializationError, OSError, ValueError) as exc:
+            # Unpicklable, or its result slots could not be mapped: this task fails alone.
             status, error = _worker_module.RAISED, exc
         if status == _worker_module.OK:
             self.counts["done"] += 1
