@@ -544,22 +544,11 @@ class Supervisor:
         if ready >= self.config.min_workers:
             self.started.set()
 
-    def _on_done(
-        self,
-        worker: Worker,
-        task_id: int,
-        status: int,
-        payload: bytes,
-        seconds: float,
-        gifts: tuple[Any, ...],
-        returns: list[Any],
-        private: int | None,
-        peak: int | None,
-    ) -> None:
+    def _on_done(self, worker: Worker, task_id: int, *result: Any) -> None:
         task = worker.outstanding.popleft()
         assert task.id == task_id, "worker results arrived out of order"
         try:
-            self._finish(worker, task, status, payload, seconds, gifts, returns, private, peak)
+            self._finish(worker, task, *result)
         except BaseException as exc:
             # The task has left every list break_pool looks at: fail it here, or it is lost.
             if not task.future.done():
@@ -569,7 +558,7 @@ class Supervisor:
     def _finish(
         self,
         worker: Worker,
-        task: Task,
+        task: Task,  # the rest: the worker's "done" message (see memwise.pool.worker)
         status: int,
         payload: bytes,
         seconds: float,
