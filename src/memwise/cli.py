@@ -24,14 +24,32 @@ QuickOption = Annotated[bool, typer.Option("--quick", help="Smaller sizes, for a
 
 @app.command()
 def demo(
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    kill: Annotated[bool, typer.Option(help="Kill one worker mid-run on purpose.")] = True,
+    name: Annotated[
+        str | None, typer.Argument(help="One scenario at full size; none: the short tour of all.")
+    ] = None,
 ) -> None:
-    """Grade the scikit-image sample photographs in workers, surviving a killed worker."""
-    from memwise import demo as demo_module
+    """Run the seed scenarios on real data: one at full size, or all of them as a short tour."""
+    from rich.console import Console
+    from rich.table import Table
 
-    outcome = demo_module.run(workers=workers, kill=kill)
-    if not demo_module.report(outcome):
+    from memwise import demos
+
+    console = Console()
+    names = [name] if name else list(demos.SCENARIOS)
+    if name and name not in demos.SCENARIOS:
+        raise typer.BadParameter(f"choose one of: {', '.join(demos.SCENARIOS)}", param_hint="NAME")
+    results = []
+    for scenario in names:
+        console.rule(f"[bold]memwise demo {scenario}")
+        results.append(demos.run(scenario, short=name is None, console=console))
+    table = Table(title="memwise demo: summary")
+    for column in ("scenario", "checked", "result", "key figure"):
+        table.add_column(column)
+    for result in results:
+        verdict = "[green]pass" if result.passed else "[red]FAIL"
+        table.add_row(result.name, result.checked, verdict, result.figure)
+    console.print(table)
+    if not all(result.passed for result in results):
         raise typer.Exit(1)
 
 
@@ -86,7 +104,3 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
     _run_benchmark("isolation", as_json, quick=quick)
-
-
-def main() -> None:
-    app()

@@ -1,4 +1,4 @@
-"""``memwise demo``: grade every scikit-image sample photograph in supervised workers.
+"""``memwise demo photos``: grade every scikit-image sample photograph in supervised workers.
 
 What it shows a newcomer, on real data and with no network: work spread over worker
 processes with a progress bar; a worker killed on purpose in the middle of a task, and the
@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from memwise import shared
+from memwise.demos import Scenario
 from memwise.memory import format_size, usage
 from memwise.pool.api import WorkerPool
 
@@ -94,16 +95,34 @@ class Outcome:
     seconds: float
     stats: dict[str, Any]
     peak_worker_private: int
+    expected: int
 
 
-def run(workers: int = 2, kill: bool = True, console: Console | None = None) -> Outcome:
+def run(*, short: bool, console: Console) -> Scenario:
+    """The scenario: every photo at every strength (the first third of the photos when short)."""
+    outcome = grade_all(workers=2, kill=True, console=console, photos=PHOTOS[:7] if short else PHOTOS)
+    passed = report(outcome, console)
+    return Scenario(
+        name="photos",
+        checked=f"{len(outcome.results)}/{outcome.expected} graded, one worker killed",
+        passed=passed,
+        figure=f"{outcome.seconds:.1f} s, {outcome.stats['restarts']} restart(s)",
+    )
+
+
+def grade_all(
+    workers: int = 2,
+    kill: bool = True,
+    console: Console | None = None,
+    photos: tuple[str, ...] = PHOTOS,
+) -> Outcome:
     """Grade every photo at every strength; with ``kill``, SIGKILL one busy worker midway."""
     console = console or Console()
-    console.print(f"Loading {len(PHOTOS)} sample photographs from scikit-image ...")
+    console.print(f"Loading {len(photos)} sample photographs from scikit-image ...")
     # Each photo is copied once into shared memory; every task then receives it as a handle
     # to the same pages instead of a pickled copy.
-    photos = {name: shared.copy(load_photo(name), writable=False) for name in PHOTOS}
-    jobs = [(name, strength) for strength in STRENGTHS for name in PHOTOS]
+    arrays = {name: shared.copy(load_photo(name), writable=False) for name in photos}
+    jobs = [(name, strength) for strength in STRENGTHS for name in photos]
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     killed_pid = None
@@ -111,7 +130,7 @@ def run(workers: int = 2, kill: bool = True, console: Console | None = None) -> 
     started = time.perf_counter()
     with WorkerPool(workers, initializer=warm_up, retries=1) as pool:
         futures: dict[Future[dict[str, Any]], tuple[str, float]] = {
-            pool.submit(grade, name, photos[name], strength): (name, strength)
+            pool.submit(grade, name, arrays[name], strength): (name, strength)
             for name, strength in jobs
         }
         with _progress(console) as progress:
@@ -129,15 +148,17 @@ def run(workers: int = 2, kill: bool = True, console: Console | None = None) -> 
                 stats = pool.stats()
                 progress.update(bar, advance=1, restarts=stats["restarts"])
         stats = pool.stats()
-    return Outcome(results, failures, killed_pid, time.perf_counter() - started, stats, peak)
+    seconds = time.perf_counter() - started
+    return Outcome(results, failures, killed_pid, seconds, stats, peak, len(jobs))
 
 
 def report(outcome: Outcome, console: Console | None = None) -> bool:
     """Print the summary; return whether every photo was graded."""
     console = console or Console()
-    expected = len(PHOTOS) * len(STRENGTHS)
-    table = Table(title="memwise demo", show_header=False)
-    table.add_row("photos x strengths", f"{len(PHOTOS)} x {len(STRENGTHS)} = {expected} tasks")
+    expected = outcome.expected
+    table = Table(title="memwise demo photos", show_header=False)
+    photos = expected // len(STRENGTHS)
+    table.add_row("photos x strengths", f"{photos} x {len(STRENGTHS)} = {expected} tasks")
     table.add_row("completed", str(len(outcome.results)))
     table.add_row("failed", str(len(outcome.failures)))
     table.add_row("worker killed on purpose", str(outcome.killed_pid or "no"))
