@@ -325,3 +325,7 @@ def length(data: Any) -> int:
 
 def make_bytes(n: int) -> bytes:
     return bytes(range(256)) * (n // 256) + bytes(n % 256)
+
+
+def keywords(**kwargs):
+    return kwargs

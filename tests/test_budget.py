@@ -205,20 +205,20 @@ def test_in_use_counts_tracked_processes(tmp_path):
 
 def test_submit_memory_without_a_budget_is_refused():
     with WorkerPool(1) as pool, pytest.raises(ValueError, match="budget"):
-        pool.submit(tasks.square, 2, memory="1 MiB")
+        pool.options(memory="1 MiB").submit(tasks.square, 2)
 
 
 def test_pool_reservation_released_on_success():
     budget = MemoryBudget(TiB)
     with WorkerPool(1, budget=budget) as pool:
-        assert pool.submit(tasks.square, 3, memory="100 MiB").result(WAIT) == 9
+        assert pool.options(memory="100 MiB").submit(tasks.square, 3).result(WAIT) == 9
         assert wait_until(lambda: budget.reserved == 0)
 
 
 def test_pool_reservation_released_when_the_task_raises():
     budget = MemoryBudget(TiB)
     with WorkerPool(1, budget=budget) as pool:
-        future = pool.submit(tasks.raise_value_error, "no", memory="100 MiB")
+        future = pool.options(memory="100 MiB").submit(tasks.raise_value_error, "no")
         with pytest.raises(ValueError, match="no"):
             future.result(WAIT)
         assert wait_until(lambda: budget.reserved == 0)
@@ -228,18 +228,18 @@ def test_pool_reservation_released_when_the_worker_dies():
     budget = MemoryBudget(TiB)
     with WorkerPool(1, budget=budget) as pool:
         with pytest.raises(WorkerCrashed):
-            pool.submit(tasks.sigkill_self, memory="100 MiB").result(WAIT)
+            pool.options(memory="100 MiB").submit(tasks.sigkill_self).result(WAIT)
         assert wait_until(lambda: budget.reserved == 0)
-        assert pool.submit(tasks.square, 4, memory="100 MiB").result(WAIT) == 16
+        assert pool.options(memory="100 MiB").submit(tasks.square, 4).result(WAIT) == 16
 
 
 def test_pool_reservation_held_while_running_and_never_taken_by_a_cancelled_task(tmp_path):
     budget = MemoryBudget(TiB)
     started, release = tmp_path / "started", tmp_path / "release"
     with WorkerPool(1, budget=budget) as pool:
-        running = pool.submit(tasks.block, started, release, memory="100 MiB")
+        running = pool.options(memory="100 MiB").submit(tasks.block, started, release)
         tasks.wait_for(started)
-        queued = pool.submit(tasks.square, 5, memory="300 MiB")
+        queued = pool.options(memory="300 MiB").submit(tasks.square, 5)
         assert queued.cancel()
         assert budget.reserved == 100 * MiB
         release.touch()
@@ -255,18 +255,18 @@ def test_a_task_waiting_for_room_can_be_cancelled():
     with WorkerPool(1, budget=budget) as pool:
         held = budget.acquire(GiB)
         try:
-            waiting = pool.submit(tasks.square, 6, memory=GiB)
+            waiting = pool.options(memory=GiB).submit(tasks.square, 6)
             assert waiting.cancel()
         finally:
             held.release()
-        assert pool.submit(tasks.square, 7, memory=GiB).result(WAIT) == 49
+        assert pool.options(memory=GiB).submit(tasks.square, 7).result(WAIT) == 49
         assert wait_until(lambda: budget.reserved == 0)
 
 
 def test_a_pool_task_that_never_fits_fails_with_memory_budget_exceeded():
     budget = MemoryBudget(1024, max_wait=0.2)
     with WorkerPool(1, budget=budget) as pool:
-        future = pool.submit(tasks.square, 2, memory="8 MiB")
+        future = pool.options(memory="8 MiB").submit(tasks.square, 2)
         with pytest.raises(MemoryBudgetExceeded) as info:
             future.result(WAIT)
         message = str(info.value)
@@ -280,7 +280,8 @@ def test_budget_admission_never_overlaps_tasks_that_do_not_fit_together(tmp_path
     budget = one_at_a_time()
     with WorkerPool(2, budget=budget) as pool:
         futures = [
-            pool.submit(tasks.exclusive, tmp_path, f"heavy{i}", 0.05, memory=GiB) for i in range(6)
+            pool.options(memory=GiB).submit(tasks.exclusive, tmp_path, f"heavy{i}", 0.05)
+            for i in range(6)
         ]
         overlaps = [future.result(WAIT) for future in futures]
     assert overlaps == [[]] * 6
@@ -290,7 +291,7 @@ def test_budget_admission_never_overlaps_tasks_that_do_not_fit_together(tmp_path
 def test_budget_admission_runs_tasks_that_fit_together_at_the_same_time(tmp_path):
     budget = MemoryBudget(TiB)
     with WorkerPool(2, budget=budget) as pool:
-        futures = [pool.submit(tasks.meet, tmp_path, 2, memory="1 MiB") for _ in range(2)]
+        futures = [pool.options(memory="1 MiB").submit(tasks.meet, tmp_path, 2) for _ in range(2)]
         pids = {future.result(WAIT) for future in futures}
     assert len(pids) == 2
 
@@ -298,10 +299,10 @@ def test_budget_admission_runs_tasks_that_fit_together_at_the_same_time(tmp_path
 def test_a_budget_can_be_shared_by_a_pool_and_direct_reservations():
     budget = one_at_a_time(max_wait=0.3)
     with WorkerPool(1, budget=budget) as pool:
-        future: Future[int] = pool.submit(tasks.square, 8, memory=GiB)
+        future: Future[int] = pool.options(memory=GiB).submit(tasks.square, 8)
         assert future.result(WAIT) == 64
         with budget.reserve(GiB):
-            blocked = pool.submit(tasks.square, 9, memory=GiB)
+            blocked = pool.options(memory=GiB).submit(tasks.square, 9)
             with pytest.raises(MemoryBudgetExceeded):
                 blocked.result(WAIT)
         assert budget.reserved == 0

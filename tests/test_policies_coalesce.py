@@ -12,8 +12,8 @@ from memwise import WorkerPool
 
 def start_blocking_request(pool, tmp_path, **options):
     """Submit a request that occupies the pool's worker until the test releases it."""
-    future = pool.submit(
-        _policy_tasks.block_labelled, "first", tmp_path / "pid", tmp_path / "go", **options
+    future = pool.options(**options).submit(
+        _policy_tasks.block_labelled, "first", tmp_path / "pid", tmp_path / "go"
     )
     read_pid(tmp_path / "pid")  # it is running: nothing can cancel it any more
     return future
@@ -22,7 +22,9 @@ def start_blocking_request(pool, tmp_path, **options):
 def test_a_burst_runs_the_first_and_the_last_and_cancels_the_rest(tmp_path):
     with WorkerPool(1) as pool:
         first = start_blocking_request(pool, tmp_path, coalesce="preview")
-        rest = [pool.submit(_policy_tasks.index, i, coalesce="preview") for i in range(1, 100)]
+        rest = [
+            pool.options(coalesce="preview").submit(_policy_tasks.index, i) for i in range(1, 100)
+        ]
         middle, last = rest[:-1], rest[-1]
         # The superseded requests are done (cancelled) at once, not when the worker frees up.
         _, not_done = concurrent.futures.wait(middle, timeout=WAIT)
@@ -41,8 +43,8 @@ def test_a_burst_runs_the_first_and_the_last_and_cancels_the_rest(tmp_path):
 def test_tags_coalesce_separately_and_untagged_tasks_are_untouched(tmp_path):
     with WorkerPool(1) as pool:
         first = start_blocking_request(pool, tmp_path)
-        a = [pool.submit(_policy_tasks.index, i, coalesce="a") for i in range(3)]
-        b = [pool.submit(_policy_tasks.index, 10 + i, coalesce="b") for i in range(3)]
+        a = [pool.options(coalesce="a").submit(_policy_tasks.index, i) for i in range(3)]
+        b = [pool.options(coalesce="b").submit(_policy_tasks.index, 10 + i) for i in range(3)]
         plain = [pool.submit(_policy_tasks.index, 20 + i) for i in range(3)]
         concurrent.futures.wait(a[:-1] + b[:-1], timeout=WAIT)
         write_atomic(tmp_path / "go", "")

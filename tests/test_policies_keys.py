@@ -22,7 +22,7 @@ TASKS = 1000
 def submit_round_robin(pool, tasks, keys, start=0):
     """Submit ``tasks`` tasks over ``keys``, key after key; return their futures."""
     return [
-        pool.submit(_policy_tasks.keyed, keys[i % len(keys)], i, key=keys[i % len(keys)])
+        pool.options(key=keys[i % len(keys)]).submit(_policy_tasks.keyed, keys[i % len(keys)], i)
         for i in range(start, start + tasks)
     ]
 
@@ -69,7 +69,7 @@ def test_a_key_keeps_its_slot_and_order_across_a_worker_restart(tmp_path):
         futures = submit_round_robin(pool, 200, KEYS)
         # Mid-stream, one task of the victim key blocks its worker, which the test then kills;
         # the tasks queued behind it (of every key of that slot) must wait for the replacement.
-        blocker = pool.submit(_policy_tasks.block, pid_path, release, key=victim_key)
+        blocker = pool.options(key=victim_key).submit(_policy_tasks.block, pid_path, release)
         futures += submit_round_robin(pool, 800, KEYS, start=200)
         killed = read_pid(pid_path)
         assert killed == old_pids[victim_slot]
@@ -131,4 +131,4 @@ def test_keys_spread_over_slots_and_survive_a_slot_count_change():
 
 def test_unhashable_by_value_keys_are_refused(shared_pool):
     with pytest.raises(TypeError, match="key"):
-        shared_pool.submit(_policy_tasks.index, 1, key=object())
+        shared_pool.options(key=object()).submit(_policy_tasks.index, 1)

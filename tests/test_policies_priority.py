@@ -31,8 +31,13 @@ def test_higher_priority_runs_first(tmp_path):
 
         def submit_queued():
             low = [pool.submit(_policy_tasks.labelled, f"low{i}") for i in range(3)]
-            mid = [pool.submit(_policy_tasks.labelled, f"mid{i}", priority=1) for i in range(3)]
-            high = [pool.submit(_policy_tasks.labelled, f"high{i}", priority=5) for i in range(3)]
+            mid = [
+                pool.options(priority=1).submit(_policy_tasks.labelled, f"mid{i}") for i in range(3)
+            ]
+            high = [
+                pool.options(priority=5).submit(_policy_tasks.labelled, f"high{i}")
+                for i in range(3)
+            ]
             return low + mid + high
 
         results = run_behind_a_blocker(pool, tmp_path, submit_queued)
@@ -51,10 +56,14 @@ def test_priority_never_reorders_a_key(tmp_path):
             # Key k's later tasks have ever higher priority; they still run in submission
             # order. Unkeyed high-priority work overtakes k's low-priority head.
             keyed = [
-                pool.submit(_policy_tasks.labelled, f"k{i}", key="k", priority=i) for i in range(4)
+                pool.options(key="k", priority=i).submit(_policy_tasks.labelled, f"k{i}")
+                for i in range(4)
             ]
             low = [pool.submit(_policy_tasks.labelled, f"low{i}") for i in range(2)]
-            high = [pool.submit(_policy_tasks.labelled, f"high{i}", priority=9) for i in range(2)]
+            high = [
+                pool.options(priority=9).submit(_policy_tasks.labelled, f"high{i}")
+                for i in range(2)
+            ]
             return keyed + low + high
 
         order = ran_order(run_behind_a_blocker(pool, tmp_path, submit_queued))

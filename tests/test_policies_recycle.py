@@ -88,7 +88,7 @@ def test_hard_memory_kills_a_runaway_task_retries_then_fails():
 def test_on_key_change_gives_a_fresh_worker_per_key_run():
     keys = ["a", "a", "b", "b", "b", "a", "c", "c"]
     with WorkerPool(1, recycle=Recycle(on_key_change=True)) as pool:
-        futures = [pool.submit(getpid, key=k) for k in keys]
+        futures = [pool.options(key=k).submit(getpid) for k in keys]
         pids = [f.result(WAIT) for f in futures]
         stats = pool.stats()
     assert_fresh_pid_per_key_run(keys, pids)
@@ -99,7 +99,7 @@ def test_on_key_change_one_call_at_a_time():
     # Calls made one by one reach an idle worker directly from the submitting thread.
     keys = ["a", "b", "b", "a", "a", "a"]
     with WorkerPool(1, recycle=Recycle(on_key_change=True)) as pool:
-        pids = [pool.submit(getpid, key=k).result(WAIT) for k in keys]
+        pids = [pool.options(key=k).submit(getpid).result(WAIT) for k in keys]
         assert pool.stats()["recycles"] == {"key": 2}
     assert_fresh_pid_per_key_run(keys, pids)
 

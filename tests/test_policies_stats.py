@@ -54,14 +54,16 @@ def test_stats_while_busy_and_after(tmp_path):
     slot = slot_for(key, 2)
     with WorkerPool(2, recycle=Recycle(tasks=3)) as pool:
         first_pid = pool.stats()["slots"][slot]["pid"]
-        blocker = pool.submit(_policy_tasks.block, tmp_path / "pid", tmp_path / "go", key=key)
+        blocker = pool.options(key=key).submit(
+            _policy_tasks.block, tmp_path / "pid", tmp_path / "go"
+        )
         assert read_pid(tmp_path / "pid") == first_pid
-        queued = [pool.submit(_policy_tasks.index, i, key=key) for i in range(2)]
+        queued = [pool.options(key=key).submit(_policy_tasks.index, i) for i in range(2)]
         assert wait_until(lambda: pool.stats()["queued"] == 2)
         busy = pool.stats()
         write_atomic(tmp_path / "go", "")
         concurrent.futures.wait([blocker, *queued], timeout=WAIT)
-        failing = pool.submit(raise_value_error, "boom", key=key)
+        failing = pool.options(key=key).submit(raise_value_error, "boom")
         with pytest.raises(ValueError):
             failing.result(WAIT)
         after = pool.stats()
@@ -90,7 +92,7 @@ def test_stats_counts_cancelled_tasks(tmp_path):
     with WorkerPool(1) as pool:
         blocker = pool.submit(_policy_tasks.block, tmp_path / "pid", tmp_path / "go")
         read_pid(tmp_path / "pid")
-        superseded = [pool.submit(_policy_tasks.index, i, coalesce="tag") for i in range(3)]
+        superseded = [pool.options(coalesce="tag").submit(_policy_tasks.index, i) for i in range(3)]
         concurrent.futures.wait(superseded[:-1], timeout=WAIT)
         write_atomic(tmp_path / "go", "")
         blocker.result(WAIT)
@@ -104,5 +106,5 @@ def test_stats_slot_key_is_the_key_of_the_last_task():
     # made one at a time reach idle workers directly from the submitting thread.
     with WorkerPool(1) as pool:
         for key in ("a", "b"):
-            pool.submit(_policy_tasks.index, 1, key=key).result(WAIT)
+            pool.options(key=key).submit(_policy_tasks.index, 1).result(WAIT)
             assert pool.stats()["slots"][0]["key"] == key

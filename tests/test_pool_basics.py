@@ -297,7 +297,7 @@ def test_stats_counts():
         with pytest.raises(WorkerCrashed):
             pool.submit(_tasks.exit_with, 1).result(WAIT)
         with pytest.raises(TaskTimeout):
-            pool.submit(_tasks.hang, timeout=0.5).result(WAIT)
+            pool.options(timeout=0.5).submit(_tasks.hang).result(WAIT)
         stats = pool.stats()
         assert stats["submitted"] == 6
         assert stats["done"] == 3
@@ -323,3 +323,27 @@ def test_tasks_submitted_along_with_a_long_one_do_not_wait_for_it(tmp_path):
         finally:
             _tasks.write_atomic(release, "")
         long_task.result(WAIT)
+
+
+def test_submit_passes_every_keyword_to_the_function(shared_pool):
+    # Executor contract: keywords belong to the function, even ones named like memwise options.
+    future = shared_pool.submit(
+        _tasks.keywords, timeout=5, key="k", priority=3, coalesce="c", memory="1 MiB"
+    )
+    assert future.result(WAIT) == {
+        "timeout": 5,
+        "key": "k",
+        "priority": 3,
+        "coalesce": "c",
+        "memory": "1 MiB",
+    }
+
+
+def test_options_are_a_separate_path(shared_pool):
+    bound = shared_pool.options(key="a", priority=2)
+    assert bound.task_options.key == "a"
+    assert bound.options(priority=5).task_options.priority == 5
+    assert bound.task_options.priority == 2  # refining makes a copy
+    assert bound.submit(_tasks.keywords, timeout=1).result(WAIT) == {"timeout": 1}
+    with pytest.raises(ValueError, match="timeout"):
+        shared_pool.options(timeout=0)

@@ -36,7 +36,7 @@ def test_pool_timeout_kills_a_hung_task():
 
 def test_submit_timeout_kills_a_hung_task():
     with WorkerPool(1) as pool:
-        future = pool.submit(_tasks.hang, timeout=0.5)
+        future = pool.options(timeout=0.5).submit(_tasks.hang)
         with pytest.raises(TaskTimeout):
             future.result(WAIT)
         assert pool.submit(_tasks.square, 3).result(WAIT) == 9
@@ -46,9 +46,13 @@ def test_submit_timeout_kills_a_hung_task():
 def test_submit_timeout_overrides_the_pool_timeout():
     with WorkerPool(1, timeout=0.2) as pool:
         # Sleeps longer than the pool's limit, but its own limit is generous.
-        assert pool.submit(_tasks.sleep_then, "slow", 0.6, timeout=WAIT).result(WAIT) == "slow"
+        assert (
+            pool.options(timeout=WAIT).submit(_tasks.sleep_then, "slow", 0.6).result(WAIT) == "slow"
+        )
         # timeout=None lifts the limit for this call.
-        assert pool.submit(_tasks.sleep_then, "free", 0.6, timeout=None).result(WAIT) == "free"
+        assert (
+            pool.options(timeout=None).submit(_tasks.sleep_then, "free", 0.6).result(WAIT) == "free"
+        )
         assert pool.stats()["timeouts"] == 0
 
 
@@ -61,7 +65,7 @@ def test_fast_tasks_are_unaffected_by_the_timeout():
 
 def test_tasks_queued_behind_a_hung_task_still_run():
     with WorkerPool(1) as pool:
-        hung = pool.submit(_tasks.hang, timeout=0.5)
+        hung = pool.options(timeout=0.5).submit(_tasks.hang)
         queued = [pool.submit(_tasks.square, i) for i in range(5)]
         with pytest.raises(TaskTimeout):
             hung.result(WAIT)
@@ -74,7 +78,7 @@ def test_timeout_of_a_task_pipelined_behind_quick_ones():
         for f in [pool.submit(_tasks.square, i) for i in range(500)]:
             f.result(WAIT)
         before = [pool.submit(_tasks.square, i) for i in range(5)]
-        hung = pool.submit(_tasks.hang, timeout=0.5)
+        hung = pool.options(timeout=0.5).submit(_tasks.hang)
         after = [pool.submit(_tasks.square, i) for i in range(5)]
         assert [f.result(WAIT) for f in before] == [0, 1, 4, 9, 16]
         with pytest.raises(TaskTimeout):
@@ -87,7 +91,7 @@ def test_timeout_with_the_other_worker_busy(tmp_path):
         release = tmp_path / "release"
         busy = pool.submit(_tasks.block, tmp_path / "pid", release)
         _tasks.read_pid(tmp_path / "pid")
-        hung = pool.submit(_tasks.hang, timeout=0.5)
+        hung = pool.options(timeout=0.5).submit(_tasks.hang)
         with pytest.raises(TaskTimeout):
             hung.result(WAIT)
         _tasks.write_atomic(release, "")
@@ -101,7 +105,7 @@ def test_async_run_with_timeout():
     async def main():
         with WorkerPool(1) as pool:
             with pytest.raises(TaskTimeout):
-                await pool.run(_tasks.hang, timeout=0.5)
+                await pool.options(timeout=0.5).run(_tasks.hang)
             return await pool.run(_tasks.square, 5)
 
     assert asyncio.run(main()) == 25
@@ -112,6 +116,6 @@ def test_timed_out_tasks_are_not_retried(tmp_path):
     log = tmp_path / "attempts"
     with WorkerPool(1, retries=2) as pool:
         with pytest.raises(TaskTimeout):
-            pool.submit(_tasks.log_and_hang, log, timeout=0.5).result(WAIT)
+            pool.options(timeout=0.5).submit(_tasks.log_and_hang, log).result(WAIT)
         assert pool.submit(_tasks.square, 2).result(WAIT) == 4
     assert len(log.read_text().split()) == 1

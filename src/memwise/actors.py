@@ -196,7 +196,9 @@ class _ProcessBackend:
     def call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], latest: bool
     ) -> Future[Any]:
-        return self._pool.submit(_invoke, name, args, kwargs, coalesce=name if latest else None)
+        return self._pool.options(coalesce=name if latest else None).submit(
+            _invoke, name, args, kwargs
+        )
 
     def close(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -53,7 +53,7 @@ class MemoryBudget:
             submitted without ``memory=``, the largest recent peak of its function.
 
     Thread-safe. ``with budget.reserve("600 MiB"): ...`` guards a block of code;
-    ``WorkerPool(budget=budget)`` with ``submit(..., memory="600 MiB")`` guards tasks.
+    ``WorkerPool(budget=budget)`` with ``pool.options(memory="600 MiB").submit(...)`` guards tasks.
     """
 
     def __init__(

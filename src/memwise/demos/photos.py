@@ -100,7 +100,9 @@ class Outcome:
 
 def run(*, short: bool, console: Console) -> Scenario:
     """The scenario: every photo at every strength (the first third of the photos when short)."""
-    outcome = grade_all(workers=2, kill=True, console=console, photos=PHOTOS[:7] if short else PHOTOS)
+    outcome = grade_all(
+        workers=2, kill=True, console=console, photos=PHOTOS[:7] if short else PHOTOS
+    )
     passed = report(outcome, console)
     return Scenario(
         name="photos",

@@ -17,6 +17,7 @@ from memwise.budget import MemoryBudget
 from memwise.errors import SerializationError, SharedMemoryError
 from memwise.memory import parse_size
 from memwise.pool.imap import bounded_results
+from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import slot_for
 from memwise.pool.supervisor import PoolConfig, Supervisor
@@ -25,7 +26,7 @@ from memwise.pool.worker import PartialChunk, run_chunk
 
 T = TypeVar("T")
 
-_UNSET: Any = object()
+_DEFAULTS = TaskOptions()
 # Enough chunks per worker that uneven chunks even out, few enough that per-chunk overhead
 # (one message each way) stays negligible against per-item work.
 CHUNKS_PER_WORKER = 8
@@ -69,7 +70,7 @@ class WorkerPool(Executor):
             than this many times in total; None for no limit.
         trim: return freed heap memory to the OS after every task (glibc ``malloc_trim``).
         budget: a :class:`MemoryBudget`; a task starts only when the measured memory (this
-            process, the workers, shared slots) plus its ``submit(memory=...)`` fits.
+            process, the workers, shared slots) plus its ``options(memory=...)`` fits.
         shm_threshold: contiguous ndarray data (and other PEP 574 buffers) of at least this
             size cross processes through shared-memory slots instead of the pipe, in both
             directions: arrays arrive as read-only views of the slots, with no copy on receive.
@@ -80,9 +81,8 @@ class WorkerPool(Executor):
         start_method: ``"forkserver"`` (Linux default), ``"spawn"`` (elsewhere) or ``"fork"``.
 
     Functions and arguments travel by pickle (protocol 5), falling back to cloudpickle for
-    lambdas and closures. ``submit`` reserves the keywords ``timeout``, ``key``, ``priority``,
-    ``coalesce`` and ``memory``; a function that takes such a keyword itself can be wrapped with
-    ``functools.partial``.
+    lambdas and closures. ``submit`` passes every keyword to the function; per-task options
+    go through ``pool.options(timeout=, key=, priority=, coalesce=, memory=).submit(...)``.
     """
 
     def __init__(
@@ -147,34 +147,40 @@ class WorkerPool(Executor):
         """The number of worker slots."""
         return self._workers
 
-    def submit(  # type: ignore[override]
-        self,
-        fn: Callable[..., T],
-        /,
-        *args: Any,
-        timeout: float | None = _UNSET,
-        key: Hashable = None,
-        priority: int = 0,
-        coalesce: Hashable = None,
-        memory: int | str = 0,
-        **kwargs: Any,
-    ) -> Future[T]:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
 
-        Args:
-            timeout: overrides the pool's per-task time limit for this call.
-            key: pins the task to one worker slot (rendezvous hashing of a stable digest of
-                the key): tasks with equal keys run on the same worker, in submission order.
-            priority: higher runs first among queued tasks (never reordering one key's tasks).
-            coalesce: a tag; queued, not-yet-started tasks with the same tag are cancelled
-                (latest wins, as for interactive previews).
-            memory: bytes (or ``"600 MiB"``) to reserve in the pool's budget while it runs.
-
-        An argument that cannot be pickled fails the returned future with
-        ``SerializationError``; the pool and other tasks are unaffected.
+        Every keyword reaches ``fn``; memwise's per-task options (timeout, key, priority,
+        coalesce, memory) go through :meth:`options`. An argument that cannot be pickled fails
+        the returned future with ``SerializationError``; the pool and other tasks are
+        unaffected.
         """
+        return self.submit_with(_DEFAULTS, fn, *args, **kwargs)
+
+    def options(
+        self,
+        *,
+        timeout: float | None = INHERIT,
+        key: Hashable = INHERIT,
+        priority: int = INHERIT,
+        coalesce: Hashable = INHERIT,
+        memory: int | str = INHERIT,
+    ) -> Submitter:
+        """This pool with per-task options bound: ``pool.options(key=k).submit(fn, x)``.
+
+        See :class:`~memwise.pool.options.TaskOptions` for what each option does.
+        """
+        return Submitter(self, _DEFAULTS).options(
+            timeout=timeout, key=key, priority=priority, coalesce=coalesce, memory=memory
+        )
+
+    def submit_with(
+        self, options: TaskOptions, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> Future[T]:
+        """``submit`` with a :class:`TaskOptions` object, for layers that carry options along."""
+        memory = options.memory
         if memory and self._budget is None:
-            raise ValueError("submit(memory=...) reserves memory in a budget: pass budget= too")
+            raise ValueError("options(memory=...) reserves memory in a budget: pass budget= too")
         future: Future[T] = Future()
         outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
@@ -194,12 +200,12 @@ class WorkerPool(Executor):
             future,
             payload,
             fn,
-            self._timeout if timeout is _UNSET else timeout,
-            key=key,
-            slot=None if key is None else slot_for(key, self._workers),
-            priority=priority,
-            coalesce=coalesce,
-            memory=parse_size(memory),
+            self._timeout if options.timeout is INHERIT else options.timeout,
+            key=options.key,
+            slot=None if options.key is None else slot_for(options.key, self._workers),
+            priority=options.priority,
+            coalesce=options.coalesce,
+            memory=memory,
             outgoing=outgoing if outgoing.handles else None,
         )
         self._supervisor.submit(task)
@@ -250,7 +256,7 @@ class WorkerPool(Executor):
         ``prefetch`` (default ``2 * workers``) items are running, queued or waiting to be
         consumed, even behind one slow item: memory stays bounded for endless inputs.
         ``ordered=False`` yields results as they complete. ``key(item)`` pins items to
-        workers as ``submit(key=)`` does. An item's exception is raised at its position, and
+        workers as ``options(key=)`` does. An item's exception is raised at its position, and
         the items not yet started are cancelled.
         """
         prefetch = 2 * self._workers if prefetch is None else prefetch
@@ -258,7 +264,9 @@ class WorkerPool(Executor):
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
 
         def submit(item: Any) -> Future[T]:
-            return self.submit(fn, item, key=None if key is None else key(item))
+            if key is None:
+                return self.submit(fn, item)
+            return self.options(key=key(item)).submit(fn, item)
 
         results = bounded_results(submit, iter(iterable), prefetch, ordered)
         if not progress:
