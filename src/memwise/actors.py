@@ -190,8 +190,7 @@ class _ProcessBackend:
         )
 
     def pid(self) -> int | None:
-        pid = self._pool.stats()["slots"][0]["pid"]
-        return None if pid is None else int(pid)
+        return self._pool.snapshot().workers[0].pid
 
     def call(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], latest: bool
