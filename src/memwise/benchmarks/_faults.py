@@ -1,0 +1,107 @@
+"""Faults to inject into a pool: the building blocks of ``memwise bench chaos`` and tests/chaos.
+
+A fault has a *kind* (how the process fails) and a *point* (where on a task's way it fails).
+Objects whose ``__reduce__`` misbehaves put a fault at a pickling or unpickling step; task
+functions put it in the run itself. Everything here lives at module level so that any start
+method can import it in a worker.
+
+=================  ==========================================================================
+kind               what happens
+=================  ==========================================================================
+``exception``      a ``ValueError`` is raised
+``exit``           ``sys.exit(3)`` (``SystemExit``, a ``BaseException``)
+``os_exit``        ``os._exit(3)``: the process ends at once, no clean-up
+``segfault``       the process dereferences NULL (SIGSEGV)
+``sigkill``        the process sends itself SIGKILL
+=================  ==========================================================================
+
+Points, in a task's order: ``pickle_call`` (parent, submit), ``unpickle_call`` (worker),
+``run`` (worker), ``pickle_result`` (worker), ``unpickle_result`` (parent). Faults that end the
+process are only injected in workers: in the parent they would end the caller itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from typing import Any
+
+KINDS = ("exception", "exit", "os_exit", "segfault", "sigkill")
+# Only these can be injected where the parent does the work.
+PARENT_KINDS = ("exception", "exit")
+WORKER_POINTS = ("unpickle_call", "run", "pickle_result")
+PARENT_POINTS = ("pickle_call", "unpickle_result")
+
+
+class InjectedFault(ValueError):
+    """The exception an ``exception`` fault raises."""
+
+
+def fail(kind: str) -> None:
+    """Make this process fail the way ``kind`` says (see the module docstring)."""
+    if kind == "exception":
+        raise InjectedFault(f"injected fault in pid {os.getpid()}")
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "os_exit":
+        os._exit(3)
+    if kind == "segfault":
+        ctypes.string_at(0)
+    if kind == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise ValueError(f"unknown fault kind {kind!r}; choose one of {KINDS}")
+
+
+def _fail_on_load(kind: str) -> None:
+    fail(kind)
+
+
+class FailOnPickle:
+    """Fails whoever pickles it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fail(self.kind)
+        raise AssertionError("unreachable")
+
+
+class FailOnUnpickle:
+    """Pickles fine; fails whoever unpickles it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_fail_on_load, (self.kind,))
+
+
+def identity(value: Any) -> Any:
+    return value
+
+
+def run_fault(kind: str) -> None:
+    fail(kind)
+
+
+def return_failing(kind: str, on: str, payload: Any = None) -> Any:
+    """A result that fails when pickled (``on="pickle"``) or unpickled (``on="unpickle"``).
+
+    ``payload`` (for example a large array) is pickled before the fault: a result slot has
+    already been filled when it strikes.
+    """
+    bomb = FailOnPickle(kind) if on == "pickle" else FailOnUnpickle(kind)
+    return (payload, bomb)
+
+
+def touch_then_fail(array: Any, kind: str) -> None:
+    """Read a (lent) shared-memory argument, then fail while holding it."""
+    float(array.sum())
+    fail(kind)
+
+
+def square(x: int) -> int:
+    return x * x
