@@ -105,3 +105,67 @@ def touch_then_fail(array: Any, kind: str) -> None:
 
 def square(x: int) -> int:
     return x * x
+
+
+def checksum(i: int, array: Any) -> float:
+    """The right result of ``checked(i)`` / ``checked_array(array, i)``."""
+    return float(i * i) if array is None else float(i) + float(array[-1])
+
+
+def checked(i: int, work_s: float) -> float:
+    """A small task with a checkable result that takes about ``work_s`` seconds."""
+    import time
+
+    deadline = time.perf_counter() + work_s
+    while time.perf_counter() < deadline:
+        pass
+    return float(i * i)
+
+
+def checked_array(array: Any, i: int, work_s: float) -> float:
+    """A task on a large (shared-memory) argument with a checkable result."""
+    checked(i, work_s)
+    return float(i) + float(array[-1])
+
+
+def hang() -> None:
+    """Never returns (until its worker is killed for overrunning)."""
+    import time
+
+    while True:
+        time.sleep(1)
+
+
+class CodedError(Exception):
+    """An exception whose constructor needs two arguments, rebuilt by a custom ``__reduce__``."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.detail))
+
+
+class UnrebuildableError(Exception):
+    """An exception that pickles but cannot be rebuilt (its ``__reduce__`` lies)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(code)
+        self.detail = detail
+
+
+def raise_error(error: BaseException) -> None:
+    raise error
+
+
+def make_unpicklable(payload: Any) -> Any:
+    """A result that cannot be pickled: ``payload`` next to a lock."""
+    import threading
+
+    return [payload, {"lock": threading.Lock()}]
+
+
+def raise_unrebuildable(code: int, detail: str) -> None:
+    raise UnrebuildableError(code, detail)
