@@ -103,7 +103,7 @@ def same(a: object, b: object) -> bool:
         return (
             type(a) is type(b)
             and len(a) == len(b)  # type: ignore[arg-type]
-            and all(same(x, y) for x, y in zip(a, b))  # type: ignore[call-overload]
+            and all(same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[call-overload]
         )
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
