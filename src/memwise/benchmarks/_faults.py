@@ -169,3 +169,13 @@ def make_unpicklable(payload: Any) -> Any:
 
 def raise_unrebuildable(code: int, detail: str) -> None:
     raise UnrebuildableError(code, detail)
+
+
+def record_interval(folder: str, i: int, seconds: float) -> None:
+    """Sleep ``seconds`` and write when this task ran, for checks of admission control."""
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    with open(f"{folder}/{i}.interval", "w") as f:
+        f.write(f"{start} {time.time()}")
