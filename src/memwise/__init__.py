@@ -22,10 +22,13 @@ _EXPORTS = {
     "Actor": "memwise.actors",
     "Sessions": "memwise.actors",
     "spawn": "memwise.actors",
+    "BufferPool": "memwise.buffers",
     "BrokenPool": "memwise.errors",
+    "ClosedError": "memwise.errors",
     "MemwiseError": "memwise.errors",
     "RemoteError": "memwise.errors",
     "SerializationError": "memwise.errors",
+    "SharedMemoryError": "memwise.errors",
     "TaskTimeout": "memwise.errors",
     "WorkerCrashed": "memwise.errors",
     "WorkerInitError": "memwise.errors",
@@ -34,6 +37,8 @@ _EXPORTS = {
 __all__ = [
     "Actor",
     "BrokenPool",
+    "BufferPool",
+    "ClosedError",
     "MemoryBudget",
     "MemoryBudgetExceeded",
     "MemwiseError",
@@ -41,6 +46,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "Sessions",
+    "SharedMemoryError",
     "TaskTimeout",
     "WorkerCrashed",
     "WorkerInitError",
@@ -53,12 +59,15 @@ if TYPE_CHECKING:
 
     from memwise.actors import Actor, Sessions, spawn
     from memwise.budget import MemoryBudget
+    from memwise.buffers import BufferPool
     from memwise.errors import (
         BrokenPool,
+        ClosedError,
         MemoryBudgetExceeded,
         MemwiseError,
         RemoteError,
         SerializationError,
+        SharedMemoryError,
         TaskTimeout,
         WorkerCrashed,
         WorkerInitError,

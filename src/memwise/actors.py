@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, Literal, TypeVar
 
-from memwise.errors import BrokenPool, WorkerInitError
+from memwise.errors import BrokenPool, ClosedError, WorkerInitError
 
 __all__ = ["Actor", "Sessions", "spawn"]
 
@@ -128,7 +128,7 @@ class Actor:
     def _started(self) -> _ProcessBackend | _ThreadBackend:
         with self._lock:
             if self._closed:
-                raise RuntimeError("this actor is closed")
+                raise ClosedError("this actor is closed; spawn a new one")
             if self._error is not None:
                 raise self._error
             if self._backend is None:

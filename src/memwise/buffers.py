@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from memwise import shared
-from memwise.errors import BufferPoolExhausted
+from memwise.errors import BufferPoolExhausted, ClosedError
 from memwise.shared import SlotPool
 
 __all__ = ["BufferPool", "BufferPoolStats"]
@@ -110,7 +110,7 @@ class BufferPool:
     def acquire(self, timeout: float | None = None) -> np.ndarray:
         """A free buffer, waiting up to ``timeout`` seconds (None: forever) for one.
 
-        Raises BufferPoolExhausted if none comes back in time, ValueError once the pool is closed.
+        Raises BufferPoolExhausted if none comes back in time, ClosedError once the pool is closed.
         """
         with self._lock:
             self._check_open()
@@ -188,7 +188,7 @@ class BufferPool:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"{self!r} is closed")
+            raise ClosedError(f"{self!r} is closed; create a new one")
 
     def __enter__(self) -> BufferPool:
         return self

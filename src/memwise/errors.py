@@ -11,6 +11,7 @@ from concurrent.futures import BrokenExecutor
 __all__ = [
     "BrokenPool",
     "BufferPoolExhausted",
+    "ClosedError",
     "MemoryBudgetExceeded",
     "MemwiseError",
     "RemoteError",
@@ -48,6 +49,14 @@ class BrokenPool(MemwiseError, BrokenExecutor):
 
     Raised instead of respawning forever, typically because the initializer crashes or the
     machine cannot start processes. The cause (``__cause__``) holds the last failure.
+    """
+
+
+class ClosedError(MemwiseError, RuntimeError):
+    """The object was closed or shut down (a pool, an actor, a BufferPool, a SlotPool).
+
+    One type for "used after close" everywhere; a ``RuntimeError``, as ``concurrent.futures``
+    raises for ``submit`` after ``shutdown``. Create a new object instead.
     """
 
 
