@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WorkerPool": "memwise.pool.api",
+    "Pipeline": "memwise.pipeline.api",
+    "BufferPool": "memwise.buffers",
     "Recycle": "memwise.pool.policies",
     "MemoryBudget": "memwise.budget",
     "MemoryBudgetExceeded": "memwise.errors",
@@ -34,9 +36,11 @@ _EXPORTS = {
 __all__ = [
     "Actor",
     "BrokenPool",
+    "BufferPool",
     "MemoryBudget",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "Pipeline",
     "Recycle",
     "RemoteError",
     "SerializationError",
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
 
     from memwise.actors import Actor, Sessions, spawn
     from memwise.budget import MemoryBudget
+    from memwise.buffers import BufferPool
     from memwise.errors import (
         BrokenPool,
         MemoryBudgetExceeded,
@@ -63,6 +68,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerInitError,
     )
+    from memwise.pipeline.api import Pipeline
     from memwise.pool.api import WorkerPool
     from memwise.pool.policies import Recycle
 
