@@ -24,7 +24,6 @@ _EXPORTS = {
     "Actor": "memwise.actors",
     "Sessions": "memwise.actors",
     "spawn": "memwise.actors",
-    "BufferPool": "memwise.buffers",
     "BrokenPool": "memwise.errors",
     "ClosedError": "memwise.errors",
     "MemwiseError": "memwise.errors",

@@ -61,7 +61,7 @@ def dumps(
     when they may come from an interactive ``__main__``. ``buffer_callback`` takes large
     buffers out of band (see :mod:`memwise._oob`).
     """
-    first_error: Exception | None = None
+    first_error: BaseException | None = None
     if not (calls and _interactive_main()):
         try:
             return pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
