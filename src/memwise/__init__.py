@@ -16,13 +16,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WorkerPool": "memwise.pool.api",
+    "Pipeline": "memwise.pipeline.api",
+    "BufferPool": "memwise.buffers",
     "Recycle": "memwise.pool.policies",
     "MemoryBudget": "memwise.budget",
     "MemoryBudgetExceeded": "memwise.errors",
     "Actor": "memwise.actors",
     "Sessions": "memwise.actors",
     "spawn": "memwise.actors",
-    "BufferPool": "memwise.buffers",
     "BrokenPool": "memwise.errors",
     "ClosedError": "memwise.errors",
     "MemwiseError": "memwise.errors",
@@ -42,6 +43,7 @@ __all__ = [
     "MemoryBudget",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "Pipeline",
     "Recycle",
     "RemoteError",
     "SerializationError",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerInitError,
     )
+    from memwise.pipeline.api import Pipeline
     from memwise.pool.api import WorkerPool
     from memwise.pool.policies import Recycle
 

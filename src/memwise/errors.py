@@ -12,9 +12,15 @@ __all__ = [
     "BrokenPool",
     "BufferPoolExhausted",
     "ClosedError",
+    "DataError",
+    "DataNotFound",
+    "DependencyError",
+    "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
     "MissingMainGuard",
+    "PluginError",
+    "ReentrantComputation",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -137,3 +143,27 @@ class BufferPoolExhausted(MemwiseError, TimeoutError):
 
 class MemoryBudgetExceeded(MemwiseError):
     """A task or reservation waited longer than ``max_wait`` for room in a MemoryBudget."""
+
+
+class DataError(MemwiseError):
+    """Base class of the errors of ``memwise.data`` (plugins, lineage, storage)."""
+
+
+class PluginError(DataError, TypeError):
+    """A plugin is declared wrongly, failed to load, or broke its own contract (dtype, time)."""
+
+
+class DependencyError(DataError, LookupError):
+    """Nothing provides a dependency, a version constraint is unmet, or dependencies cycle."""
+
+
+class DataNotFound(DataError, LookupError):
+    """The data asked for is in no storage, and the caller asked not to compute it."""
+
+
+class ReentrantComputation(DataError, RuntimeError):
+    """This process is already computing the same (run, data name) and was asked to again."""
+
+
+class LockTimeout(DataError, TimeoutError):
+    """Another process held a data key's lock longer than ``lock_timeout`` seconds."""

@@ -79,6 +79,7 @@ class Supervisor:
         self._poked = False
         self.closing = False
         self._cancel_queued = False
+        self._terminate: BaseException | None = None
         self.broken: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -171,9 +172,18 @@ class Supervisor:
             self._cancel_queued = self._cancel_queued or cancel_futures
             self._poke_locked()
 
-    def join(self, timeout: float | None = None) -> None:
+    def terminate(self, error: BaseException) -> None:
+        """Kill every worker now; whatever is pending or running fails with ``error``."""
+        with self.lock:
+            self.closing = True
+            self._terminate = self._terminate or error
+            self._poke_locked()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the supervisor to finish; whether it has."""
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def snapshot(self) -> dict[str, Any]:
         """Totals and one row per slot, readable from any thread (possibly a moment stale)."""
@@ -237,6 +247,7 @@ class Supervisor:
             incoming = list(self.incoming)
             self.incoming.clear()
             cancel, self._cancel_queued = self._cancel_queued, False
+            terminate, self._terminate = self._terminate, None
         for task in incoming:
             if task.coalesce is not None:
                 self._coalesce(task)
@@ -244,6 +255,9 @@ class Supervisor:
         if cancel:
             for task in self.queue.drain():
                 self._drop(task)
+        if terminate is not None:
+            # Here, not in terminate(): break_pool touches workers, this thread's job.
+            self.break_pool(terminate, cause=None)
 
     def _coalesce(self, task: Task) -> None:
         """Latest wins: drop the queued task with the same tag, if it has not started."""
