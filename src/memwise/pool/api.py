@@ -16,10 +16,13 @@ from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, SharedMemoryError
 from memwise.memory import parse_size
+from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import slot_for
+from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.subscribers import Subscription
 from memwise.pool.supervisor import PoolConfig, Supervisor
 from memwise.pool.task import Task
 from memwise.pool.worker import PartialChunk, run_chunk
@@ -277,7 +280,7 @@ class WorkerPool(Executor):
     def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
         from memwise.progress import track
 
-        return track(results, total, lambda: self._supervisor.counts["restarts"])
+        return track(results, total, lambda: self._supervisor.tally.restarts)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -299,6 +302,7 @@ class WorkerPool(Executor):
                 )
             )
         self._supervisor.join()
+        self._supervisor.events.close(wait=True)
         _live_pools.discard(self)  # without wait, exit still waits for the workers to end
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -308,16 +312,29 @@ class WorkerPool(Executor):
         """
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def stats(self) -> dict[str, Any]:
-        """What the pool is doing and has done.
+    def snapshot(self) -> PoolSnapshot:
+        """What the pool is doing and has done, as one immutable, consistent picture.
 
-        Totals: ``submitted``, ``queued``, ``running``, ``done``, ``failed``, ``cancelled``,
-        ``restarts`` (unexpected deaths), ``timeouts``, ``recycles`` (by reason) and
-        ``workers`` (live processes). ``slots``: one row per worker slot with ``pid``,
-        ``state``, ``key`` (of its current or last task), ``tasks_done`` (by its current
-        process), ``private`` and ``rss`` memory in bytes, ``restarts`` and ``recycles``.
+        Taken under the pool's lock, so its figures agree with each other; per-process
+        figures (private memory, PSS, CPU %) are measured at most every 250 ms whoever asks,
+        so frequent callers cost little. See :class:`~memwise.pool.snapshot.PoolSnapshot`.
         """
         return self._supervisor.snapshot()
+
+    def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
+        """Call ``callback(event)`` for every :class:`~memwise.pool.events.PoolEvent` from now on.
+
+        Callbacks run on a thread of their own, never the pool's: a slow callback delays only
+        its own events (past a bounded buffer they are dropped and counted in the
+        subscription's ``dropped``), and one that raises is logged and unsubscribed. Close
+        the returned subscription (or call :meth:`unsubscribe`) to stop;
+        ``shutdown(wait=True)`` returns once every subscriber has had its last event.
+        """
+        return self._supervisor.events.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
+        """Stop calling ``callback`` (every subscription of it); events it holds still arrive."""
+        self._supervisor.events.unsubscribe(callback)
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:

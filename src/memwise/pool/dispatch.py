@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from memwise import _oob, _wire
 from memwise.pool.handle import State, Worker
+from memwise.pool.stats import key_repr
 from memwise.pool.task import Task
 
 if TYPE_CHECKING:
@@ -117,6 +118,11 @@ def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None
         if task.claim():
             return task
         task.release_memory()
+        if task.dropped:
+            sup.dropped_queued -= 1  # counted as cancelled when it was dropped
+        else:  # cancelled by its caller while queued
+            sup.tally.cancelled += 1
+            sup.task_event("task_cancelled", task, reason="cancelled")
 
 
 def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
@@ -149,7 +155,8 @@ def _admit(sup: Supervisor, task: Task) -> bool:
     never_fits = amount > budget.limit
     if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
         sup.forget_latest(task)
-        sup.counts["failed"] += 1
+        sup.tally.failed += 1
+        sup.task_event("task_failed", task, reason="MemoryBudgetExceeded")
         task.future.set_exception(budget.exceeded(amount, now - task.blocked_since))
         return False
     sup.queue.push_back([task])
@@ -183,6 +190,11 @@ def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
         sup.queue.push_back(batch)
         return
     worker.outstanding.extend(batch)
+    if sup.events.subscriptions:
+        for task in batch:
+            if not task.announced:
+                task.announced = True
+                sup.task_event("task_started", task, worker, key=key_repr(task.key))
     keys = [t.key for t in batch if t.key is not None]
     if keys:
         worker.last_key = keys[-1]
@@ -206,7 +218,7 @@ def steal(sup: Supervisor, worker: Worker) -> None:
     back to the queue, where any free worker takes them (see :mod:`memwise.pool.ledger`).
     """
     if take_back(sup, worker):
-        sup.counts["stolen"] += 1
+        sup.tally.stolen += 1
 
 
 def take_back(sup: Supervisor, worker: Worker) -> bool:

@@ -128,6 +128,15 @@ class TaskQueue:
         """Slots that have keyed tasks waiting (their workers must be started)."""
         return {slot for slot, heads in self._slot_heads.items() if heads}
 
+    def lane_counts(self) -> dict[int, int]:
+        """How many keyed tasks wait for each slot (slots with none are left out)."""
+        counts: dict[int, int] = {}
+        for fifo in self._keys.values():
+            slot = fifo[0].slot
+            assert slot is not None
+            counts[slot] = counts.get(slot, 0) + len(fifo)
+        return counts
+
     def general_count(self) -> int:
         return len(self._general)
 

@@ -10,12 +10,13 @@ runs on one thread, in order. The cases themselves live in :mod:`memwise.pool.de
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import selectors
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -34,13 +35,20 @@ from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
 from memwise.pool.context import forget_main_hint, get_context
+from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
 from memwise.pool.ledger import Ledger
 from memwise.pool.policies import Recycle
+from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
+from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.stats import Tally, key_repr
+from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
 from memwise.shared import sweep_orphans
 from memwise.shared._names import current_owner
+
+logger = logging.getLogger(__name__)
 
 SPARE = -1  # the slot number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
@@ -98,13 +106,22 @@ class Supervisor:
         self.peaks: dict[str, int] = {}  # learned peak memory per function (MemoryBudget.learn)
         self.budget_blocked = False
         self.started = threading.Event()
+        self.finished = threading.Event()  # the supervisor thread has ended
         self.startup_error: BaseException | None = None
-        self.counts: dict[str, int] = Counter(
-            submitted=0, done=0, failed=0, cancelled=0, restarts=0, timeouts=0, stolen=0
-        )
-        self.recycles: Counter[str] = Counter()
-        self.slot_restarts: Counter[int] = Counter()
-        self.slot_recycles: dict[int, Counter[str]] = {}
+        # Held by the supervisor thread for each round of work (not while it waits), and by
+        # snapshots: a snapshot sees the state between two rounds, never half of one. Taken
+        # before ``lock`` when both are needed. Reentrant: a future's callback run by this
+        # thread may take a snapshot.
+        self.state_lock = threading.RLock()
+        # Counters: supervisor thread, under state_lock (``submitted``: any thread, under lock).
+        self.tally = Tally()
+        self.events = EventHub()
+        self._probe = ProcessProbe()
+        # Why a lane's previous process went, until its replacement starts (worker_replaced).
+        self.lane_vacated: dict[int, str] = {}
+        # Cancelled tasks still in ``queue`` (it drops them lazily, when popped), so that
+        # snapshots count them as cancelled and not also as queued.
+        self.dropped_queued = 0
         self._thread = threading.Thread(target=self._run, name="memwise-supervisor", daemon=True)
 
     # ----- called from user threads -------------------------------------------------------
@@ -126,7 +143,9 @@ class Supervisor:
                 ) from self.broken
             if self.closing:
                 raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
-            self.counts["submitted"] += 1
+            self.tally.submitted += 1
+            if self.events.subscriptions:  # before any other thread can see the task
+                self.task_event("task_submitted", task, key=key_repr(task.key))
             # Large inline payloads are queued: writing them here would hold the lock, and so
             # every other submitter and the supervisor, for as long as the copy takes.
             direct = self.idle and not self.incoming and len(task.payload) <= DIRECT_BYTES
@@ -154,6 +173,9 @@ class Supervisor:
             worker = self.idle.pop(task.slot)
         message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
         task.claim()
+        if self.events.subscriptions:
+            task.announced = True
+            self.task_event("task_started", task, worker, key=key_repr(task.key))
         worker.busy_since = time.monotonic()
         worker.outstanding.append(task)
         if task.key is not None:
@@ -185,9 +207,26 @@ class Supervisor:
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Totals and one row per slot, readable from any thread (possibly a moment stale)."""
-        return stats.snapshot(self)
+    def snapshot(self) -> PoolSnapshot:
+        """A consistent picture of the pool (any thread); see :mod:`memwise.pool.stats`."""
+        return stats.take(self, self._probe)
+
+    def event(self, kind: EventKind, **fields: Any) -> None:
+        """Deliver an event to the subscribers, if there are any (any thread)."""
+        if self.events.subscriptions:
+            self.events.emit(PoolEvent(kind, time.time(), **fields))
+
+    def task_event(
+        self, kind: EventKind, task: Task, worker: Worker | None = None, **fields: Any
+    ) -> None:
+        """An event about ``task`` (on ``worker``); callers on hot paths check for subscribers."""
+        if not self.events.subscriptions:
+            return
+        if worker is not None:
+            fields.update(lane=worker.slot, pid=worker.pid)
+        self.events.emit(
+            PoolEvent(kind, time.time(), task_id=task.id, function=task.label, **fields)
+        )
 
     def _poke_locked(self) -> None:
         # One byte in the pipe is enough to wake the supervisor; skipping the write while one
@@ -202,25 +241,37 @@ class Supervisor:
     # ----- the supervisor thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        state = self.state_lock
         try:
-            if self.config.min_workers == 0:
-                self.started.set()
-            self._ensure_workers()
-            timeout = self._enforce_deadlines()
-            while not self._finished():
-                for key, _events in self._selector.select(timeout):
-                    key.data()
-                if timeout is not None:
-                    self._enforce_deadlines()  # a deadline passed: act before dispatching
-                dispatch.dispatch(self)
+            with state:
+                if self.config.min_workers == 0:
+                    self.started.set()
                 self._ensure_workers()
                 timeout = self._enforce_deadlines()
+            while True:
+                with state:
+                    if self._finished():
+                        break
+                ready = self._selector.select(timeout)
+                with state:
+                    for key, _events in ready:
+                        key.data()
+                    if timeout is not None:
+                        self._enforce_deadlines()  # a deadline passed: act before dispatching
+                    dispatch.dispatch(self)
+                    self._ensure_workers()
+                    timeout = self._enforce_deadlines()
                 self._resolve()
         except BaseException as exc:
-            self.break_pool(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
+            with state:
+                self.break_pool(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
         finally:
             self._resolve()
-            self._cleanup()
+            with state:
+                self._cleanup()
+            self.event("pool_shutdown")
+            self.events.close(wait=False)
+            self.finished.set()
 
     def _finished(self) -> bool:
         if self.broken is not None:
@@ -253,8 +304,9 @@ class Supervisor:
                 self._coalesce(task)
             self.queue.push(task)
         if cancel:
+            self.dropped_queued = 0
             for task in self.queue.drain():
-                self._drop(task)
+                self._drop(task, "shutdown")
         if terminate is not None:
             # Here, not in terminate(): break_pool touches workers, this thread's job.
             self.break_pool(terminate, cause=None)
@@ -262,14 +314,18 @@ class Supervisor:
     def _coalesce(self, task: Task) -> None:
         """Latest wins: drop the queued task with the same tag, if it has not started."""
         previous = self.latest.get(task.coalesce)
-        if previous is not None:
-            self._drop(previous)
+        if previous is not None and self._drop(previous, "coalesced"):
+            self.dropped_queued += 1  # it stays in the queue until popped
         self.latest[task.coalesce] = task
 
-    def _drop(self, task: Task) -> None:
+    def _drop(self, task: Task, reason: str) -> bool:
+        """Cancel a queued task; True if it had not started (and now counts as cancelled)."""
         self.forget_latest(task)
-        if task.drop():
-            self.counts["cancelled"] += 1
+        if not task.drop():
+            return False
+        self.tally.cancelled += 1
+        self.task_event("task_cancelled", task, reason=reason)
+        return True
 
     def forget_latest(self, task: Task) -> None:
         """``task`` leaves the queue for good: it can no longer be the newest of its tag."""
@@ -345,8 +401,15 @@ class Supervisor:
                 self.spares.remove(spare)
                 spare.slot = slot
                 self.workers[slot] = spare
+                self._replaced(spare)
                 return True
         return False
+
+    def _replaced(self, worker: Worker) -> None:
+        """``worker`` took a lane whose previous process went away."""
+        reason = self.lane_vacated.pop(worker.slot, None)
+        if reason is not None:
+            self.event("worker_replaced", lane=worker.slot, pid=worker.pid, reason=reason)
 
     def everyone(self) -> list[Worker]:
         """Every worker process alive: in slots, retiring, and spares."""
@@ -368,10 +431,12 @@ class Supervisor:
             alive_r.close()
             forget_main_hint()
         worker = Worker(slot, process, conn, alive_w, ledger)
+        self.event("worker_started", lane=slot, pid=worker.pid)
         if slot == SPARE:
             self.spares.append(worker)
         else:
             self.workers[slot] = worker
+            self._replaced(worker)
         if self.config.budget is not None:
             self.config.budget.track(worker.pid)
         self._selector.register(conn, selectors.EVENT_READ, lambda: self._on_readable(worker))
@@ -395,8 +460,15 @@ class Supervisor:
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
-        self.recycles[reason] += 1
-        self.slot_recycles.setdefault(worker.slot, Counter())[reason] += 1
+        self.tally.recycled(worker.slot, reason)
+        logger.info(
+            "recycling worker pid %d in lane %d (%s); it finishes its tasks first",
+            worker.pid,
+            worker.slot,
+            reason,
+        )
+        self.event("worker_recycled", lane=worker.slot, pid=worker.pid, reason=reason)
+        self.lane_vacated[worker.slot] = reason
         worker.retiring = True
         if self.workers.get(worker.slot) is worker:
             del self.workers[worker.slot]
@@ -522,8 +594,16 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 continue
             if worker.private > limit:
-                self.recycles["hard_memory"] += 1
-                self.slot_recycles.setdefault(worker.slot, Counter())["hard_memory"] += 1
+                self.tally.recycled(worker.slot, "hard_memory")
+                logger.info(
+                    "killing worker pid %d in lane %d: private memory %d bytes is over the "
+                    "hard limit of %d",
+                    worker.pid,
+                    worker.slot,
+                    worker.private,
+                    limit,
+                )
+                self.event("worker_recycled", lane=worker.slot, pid=worker.pid, reason="memory")
                 self.kill(worker, "memory")
 
     # ----- messages ----------------------------------------------------------------------
@@ -550,6 +630,7 @@ class Supervisor:
         elif kind == "ready":
             worker.state = State.READY
             worker.since = worker.idle_since = time.monotonic()
+            self.event("worker_ready", lane=worker.slot, pid=worker.pid)
             self._check_started()
         elif kind == "init_error":
             cause = _wire.load_exception(message[1])
@@ -609,7 +690,7 @@ class Supervisor:
             seconds if self.service_time is None else 0.8 * self.service_time + 0.2 * seconds
         )
         self.failures.clear()
-        self._complete(task, status, payload, gifts)
+        self._complete(worker, task, status, payload, gifts, seconds, now)
         if not worker.retiring:
             reason = self.config.recycle.after_task(worker.tasks_done, private)
             if reason is not None:
@@ -624,7 +705,16 @@ class Supervisor:
         label = task.label
         self.peaks[label] = max(peak, int(self.peaks.get(label, 0) * PEAK_DECAY))
 
-    def _complete(self, task: Task, status: int, payload: bytes, gifts: tuple[Any, ...]) -> None:
+    def _complete(
+        self,
+        worker: Worker,
+        task: Task,
+        status: int,
+        payload: bytes,
+        gifts: tuple[Any, ...],
+        seconds: float,
+        now: float,
+    ) -> None:
         try:
             if status == _worker_module.OK:
                 buffers = _oob.adopted(gifts)
@@ -634,11 +724,16 @@ class Supervisor:
         except (SerializationError, OSError, ValueError) as exc:
             # Unpicklable, or its result slots could not be mapped: this task fails alone.
             status, error = _worker_module.RAISED, exc
+        tally = self.tally
+        tally.ran(seconds, now)
         if status == _worker_module.OK:
-            self.counts["done"] += 1
+            tally.done += 1
+            if self.events.subscriptions:
+                self.task_event("task_finished", task, worker, seconds=seconds)
             self._results.append((task.future, value))
         else:
-            self.counts["failed"] += 1
+            tally.failed += 1
+            self.task_event("task_failed", task, worker, reason=type(error).__name__)
             task.future.set_exception(error)
 
     def break_pool(self, error: BaseException, cause: BaseException | None) -> None:
@@ -651,14 +746,17 @@ class Supervisor:
             self.broken = error
             self.idle.clear()
             pending = list(self.incoming) + self.queue.drain()
+            self.dropped_queued = 0
             self.incoming.clear()
         for worker in self.everyone():
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
             self.kill(worker, "broken")
+        self.event("pool_broken", reason=str(error))
         for task in pending:
             task.release_memory()
             if not task.future.done():
+                self.task_event("task_failed", task, reason=type(error).__name__)
                 task.future.set_exception(error)
         self.started.set()
 

@@ -25,6 +25,7 @@ class Task:
     """
 
     __slots__ = (
+        "announced",
         "attempts",
         "blocked_since",
         "claimed",
@@ -75,6 +76,7 @@ class Task:
         self.attempts = 0
         self.claimed = False
         self.dropped = False
+        self.announced = False  # its task_started event went out (since its last retry)
 
     def claim(self) -> bool:
         """Mark the future running before sending the task; False if it was cancelled.
