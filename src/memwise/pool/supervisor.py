@@ -24,7 +24,13 @@ from typing import Any
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import BrokenPool, ClosedError, SerializationError, WorkerInitError
+from memwise.errors import (
+    BrokenPool,
+    ClosedError,
+    MissingMainGuard,
+    SerializationError,
+    WorkerInitError,
+)
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
@@ -601,9 +607,10 @@ class Supervisor:
         if deadline is None or deadline > time.monotonic():
             return
         if worker.state is State.STARTING:
+            what = "its initializer did not finish" if self.config.init_payload else "not ready"
             worker.init_error = WorkerInitError(
-                f"the worker initializer did not finish within init_timeout="
-                f"{self.config.init_timeout} s (pid {worker.pid}); it was killed"
+                f"a worker (pid {worker.pid}) was {what} within init_timeout="
+                f"{self.config.init_timeout} s; it was killed"
             )
             self.kill(worker, "init timeout")
         elif worker.state is State.STOPPING:
@@ -667,9 +674,13 @@ class Supervisor:
             self._check_started()
         elif kind == "init_error":
             cause = _wire.load_exception(message[1])
+            if isinstance(cause, MissingMainGuard):
+                cause.__cause__ = None  # its message says all; the import's traceback is noise
+                worker.init_error = cause
+                return
             error = WorkerInitError(
-                f"the worker initializer raised {type(cause).__name__}: {cause} (pid "
-                f"{worker.pid}); see the remote traceback above"
+                f"a worker (pid {worker.pid}) failed {message[2]}: {type(cause).__name__}: "
+                f"{cause}; see the remote traceback above"
             )
             error.__cause__ = cause
             worker.init_error = error
