@@ -30,7 +30,7 @@ from typing import Any, Generic, Literal, TypeVar
 from memwise._actor_thread import Spec
 from memwise._actor_thread import ThreadBackend as _ThreadBackend
 from memwise._actor_thread import qualname as _name
-from memwise.errors import BrokenPool, SerializationError, WorkerInitError
+from memwise.errors import BrokenPool, ClosedError, SerializationError, WorkerInitError
 
 __all__ = ["ENV_VAR", "Actor", "ActorCaller", "Sessions", "spawn"]
 
@@ -238,7 +238,7 @@ class Actor:
     def _started(self) -> _ProcessBackend | _ThreadBackend:
         with self._lock:
             if self._closed:
-                raise RuntimeError("this actor is closed")
+                raise ClosedError("this actor is closed; spawn a new one")
             if self._error is not None:
                 raise self._error
             if self._backend is None:

@@ -327,9 +327,15 @@ def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterat
             remaining = None if deadline is None else deadline - time.monotonic()
             chunk: PartialChunk = futures[-1].result(remaining)
             futures.pop()
-            yield from chunk.results
-            if chunk.error is not None:
-                raise _wire.load_exception(chunk.error)
+            # Hand each result over without keeping it: once the caller drops an item, nothing
+            # here may hold it (48 MB results times the chunk size otherwise).
+            results, error = chunk.results, chunk.error
+            del chunk
+            results.reverse()
+            while results:
+                yield results.pop()
+            if error is not None:
+                raise _wire.load_exception(error)
     finally:
         for future in futures:
             future.cancel()

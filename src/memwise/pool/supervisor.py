@@ -23,7 +23,7 @@ from typing import Any
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import BrokenPool, SerializationError, WorkerInitError
+from memwise.errors import BrokenPool, ClosedError, SerializationError, WorkerInitError
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
@@ -119,7 +119,7 @@ class Supervisor:
                     f"the pool is broken and accepts no tasks: {self.broken}"
                 ) from self.broken
             if self.closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+                raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
             self.counts["submitted"] += 1
             # Large inline payloads are queued: writing them here would hold the lock, and so
             # every other submitter and the supervisor, for as long as the copy takes.
