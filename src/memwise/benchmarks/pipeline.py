@@ -38,7 +38,7 @@ from memwise.benchmarks._harness import (
     print_result,
     ratios_against,
 )
-from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES
+from memwise.benchmarks._pipeline_peers import PEERS
 from memwise.demos._inspection import FRAME_SHAPE, Frame, fill_frame, inspect, warm_up
 from memwise.demos._lines import LineRun, run_pipeline, run_serial
 from memwise.pool.api import WorkerPool
