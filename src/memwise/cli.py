@@ -116,3 +116,9 @@ def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Seed 001: the cover service's idle and peak memory, workers vs in-process renders."""
     _run_benchmark("covers", as_json, quick=quick)
+
+
+@bench_app.command()
+def chaos(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Faults under load: kill storms, poison tasks, a soak; tasks lost, hangs, leaks, drift."""
+    _run_benchmark("chaos", as_json, quick=quick)
