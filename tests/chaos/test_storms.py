@@ -58,3 +58,25 @@ def test_the_storm_guard_never_breaks_a_healthy_pool_whose_tasks_are_killed():
     assert figures.kills >= 5
     assert figures.completed == figures.tasks
     assert not figures.other_errors  # in particular, no BrokenPool
+
+
+def test_an_actor_whose_process_is_killed_answers_every_call_or_fails_it_alone():
+    figures = chaos.actor_storm(calls=200, rate=4.0)
+    assert figures["kills"] > 0
+    outcomes = figures["outcomes"]
+    assert "hung" not in outcomes and "wrong" not in outcomes
+    assert set(outcomes) <= {"completed", "WorkerCrashed"}, outcomes
+    assert figures["works_after"]
+
+
+def test_a_pipeline_whose_process_stage_is_killed_delivers_every_item_in_order():
+    figures = chaos.pipeline_storm(items=300, rate=4.0)
+    assert figures["kills"] > 0
+    assert figures["delivered"] == figures["items"]
+    assert figures["in_order_and_right"]
+
+
+def test_data_products_computed_on_killed_workers_equal_a_quiet_run():
+    figures = chaos.data_storm(rate=0.5)
+    assert figures["peaks"] > 0
+    assert figures["same_as_quiet_run"]
