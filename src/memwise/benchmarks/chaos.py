@@ -190,7 +190,8 @@ def actor_storm(*, calls: int = 300, rate: float = 4.0, work_s: float = 0.005) -
     outcomes: Counter[str] = Counter()
     actor = spawn(_faults.Squarer, restarts=10 * calls)
     try:
-        with ActorKiller(actor, rate) as killer:
+        killer = ActorKiller(actor, rate)
+        with killer:
             futures = [actor.call("work", i, work_s) for i in range(calls)]
             for future in futures:
                 future.add_done_callback(lambda f: _note_answer(f, killer.answered))
@@ -371,11 +372,11 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Every experiment, at benchmark size (``quick``: a smoke run of a minute or so)."""
     scale = 1 if quick else 10
     results: dict[str, Any] = {}
-    results["storm"] = kill_storm(tasks=1000 * scale, rate=10.0, retries=3).as_dict()
+    results["storm"] = kill_storm(tasks=1000 * scale, rate=4.0, retries=4).as_dict()
     results["storm_arrays"] = kill_storm(
-        tasks=200 * scale, rate=10.0, retries=3, array_bytes=4 * MiB
+        tasks=200 * scale, rate=4.0, retries=4, array_bytes=4 * MiB
     ).as_dict()
-    results["storm_no_retries"] = kill_storm(tasks=1000 * scale, rate=10.0, retries=0).as_dict()
+    results["storm_no_retries"] = kill_storm(tasks=1000 * scale, rate=4.0, retries=0).as_dict()
     results["poison"] = poison(retries=2)
     results["soak"] = soak(seconds=30.0 if quick else 600.0, warmup=5.0 if quick else 30.0)
     results["leftovers"] = leftovers()
