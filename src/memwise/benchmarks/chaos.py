@@ -378,14 +378,28 @@ def run(quick: bool = False) -> dict[str, Any]:
     ).as_dict()
     results["storm_no_retries"] = kill_storm(tasks=1000 * scale, rate=4.0, retries=0).as_dict()
     results["poison"] = poison(retries=2)
+    results["actor"] = actor_storm(calls=200 * scale)
+    results["pipeline"] = pipeline_storm(items=300 * scale)
+    results["data"] = data_storm()
     results["soak"] = soak(seconds=30.0 if quick else 600.0, warmup=5.0 if quick else 30.0)
     results["leftovers"] = leftovers()
     storms = [results[name] for name in ("storm", "storm_arrays", "storm_no_retries")]
     lost = sum(s["lost"] + s["wrong"] + sum(s["other_errors"].values()) for s in storms)
     hangs = sum(s["hung"] for s in storms)
     soak_figures = results["soak"]
+    actor_outcomes = results["actor"]["outcomes"]
+    layers_ok = (
+        set(actor_outcomes) <= {"completed", "WorkerCrashed"}
+        and results["actor"]["works_after"]
+        and results["pipeline"]["in_order_and_right"]
+        and results["data"]["same_as_quiet_run"]
+    )
+    lost += soak_figures["wrong"]
     targets = {
-        "tasks lost": _target(lost + soak_figures["wrong"], "== 0", lost == 0),
+        "tasks lost": _target(lost, "== 0", lost == 0),
+        "actors, pipelines, data products intact": _target(
+            int(layers_ok), "== 1 (every call, item and peak)", layers_ok
+        ),
         "hangs": _target(hangs, "== 0", hangs == 0),
         "poison task fails alone": _target(
             results["poison"]["healthy_completed"],
@@ -447,6 +461,15 @@ def print_table(result: dict[str, Any]) -> None:
         str(soak_figures["descriptors_grown"]),
     )
     console.print(table)
+    figures = result["results"]
+    console.print(
+        f"actor storm: {figures['actor']['kills']} kills, outcomes {figures['actor']['outcomes']}"
+        f"; pipeline storm: {figures['pipeline']['kills']} kills, "
+        f"{figures['pipeline']['delivered']}/{figures['pipeline']['items']} items in order: "
+        f"{figures['pipeline']['in_order_and_right']}; data-product storm: "
+        f"{figures['data']['kills']} kills, same peaks as a quiet run: "
+        f"{figures['data']['same_as_quiet_run']}"
+    )
     poisoned = result["results"]["poison"]
     console.print(f"poison task: {poisoned['error']}: {poisoned['message']}")
     console.print(
