@@ -19,7 +19,6 @@ needs one, whatever emptied it.
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from memwise.errors import (
     WorkerInitError,
 )
 from memwise.memory import format_size
+from memwise.pool._protocol import decode
 from memwise.pool.context import EXIT_MISSING_MAIN_GUARD, main_script, missing_guard_message
 from memwise.pool.handle import State, Worker, describe_exit
 
@@ -48,7 +48,7 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
     """The worker's process sentinel fired: it has exited."""
     sup.reclaim_lent_workers()  # take lent workers back before re-queueing or closing anything
     for data in worker.channel.drain():  # results sent just before dying still count
-        sup.on_message(worker, pickle.loads(data))
+        sup.on_message(worker, decode(data))
     worker.process.join(1.0)
     exitcode = worker.process.exitcode
     # However it ended: its loans end, and the slots it held (warm ones given back to it for

@@ -19,13 +19,13 @@ Idle workers are then lent to submitting threads for the direct path (see
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from memwise import _oob, _wire
+from memwise import _oob
+from memwise.pool._protocol import Run, TaskEntry, encode
 from memwise.pool.handle import State, Worker
 from memwise.pool.stats import key_repr
 from memwise.pool.task import Task
@@ -179,14 +179,9 @@ def key_change(sup: Supervisor, worker: Worker, key: Hashable, batch: Sequence[T
 def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
     if not worker.outstanding:
         worker.busy_since = time.monotonic()
-    message = (
-        "run",
-        [t.entry(worker.pid) for t in batch],
-        restock(worker),
-        worker.epoch,
-    )
+    message = run_message(worker, batch)
     try:
-        worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
+        worker.channel.send(message)
     except OSError:
         # The worker died before it could read: nothing ran, so nothing counts as tried.
         for task in batch:
@@ -202,6 +197,12 @@ def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
     keys = [t.key for t in batch if t.key is not None]
     if keys:
         worker.last_key = keys[-1]
+
+
+def run_message(worker: Worker, batch: list[Task]) -> bytes:
+    """The one place a Run is built: ``batch`` for ``worker``, lending it their slots."""
+    entries = [TaskEntry(t.id, t.payload, t.lend_slots(worker.pid)) for t in batch]
+    return encode(Run(entries, restock(worker), worker.epoch))
 
 
 def restock(worker: Worker) -> tuple[Any, ...]:

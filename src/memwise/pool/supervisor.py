@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import selectors
 import threading
 import time
@@ -34,6 +33,18 @@ from memwise.errors import (
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
+from memwise.pool._protocol import (
+    OK,
+    RAISED,
+    Done,
+    Init,
+    InitError,
+    InitOptions,
+    Ready,
+    Stop,
+    decode,
+    encode,
+)
 from memwise.pool.context import forget_main_hint, get_context
 from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
@@ -196,7 +207,7 @@ class Supervisor:
             if candidate is None or dispatch.key_change(self, candidate, task.key):
                 return False
             worker = self.idle.pop(task.slot)
-        message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
+        message = dispatch.run_message(worker, [task])
         task.claim()
         if self.events.subscriptions:
             task.announced = True
@@ -206,7 +217,7 @@ class Supervisor:
         if task.key is not None:
             worker.last_key = task.key
         try:
-            worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
+            worker.channel.send(message)
         except OSError:
             pass  # the worker died; the supervisor re-queues or fails the task with the others
         if task.timeout is not None or self.config.recycle.hard_memory is not None:
@@ -483,18 +494,16 @@ class Supervisor:
         self._selector.register(
             process.sentinel, selectors.EVENT_READ, lambda: deaths.on_exit(self, worker)
         )
-        options = {
-            "report_memory": self.config.recycle.needs_memory_reports,
-            "trim": self.config.trim,
-            "owner": current_owner(),
-            "shm_threshold": self.config.shm_threshold,
-            "recycle": self.config.recycle,
-            "measure_peak": self.config.budget is not None and self.config.budget.learn,
-        }
+        options = InitOptions(
+            owner=current_owner(),
+            shm_threshold=self.config.shm_threshold,
+            recycle=self.config.recycle,
+            report_memory=self.config.recycle.needs_memory_reports,
+            trim=self.config.trim,
+            measure_peak=self.config.budget is not None and self.config.budget.learn,
+        )
         try:
-            worker.channel.send(
-                pickle.dumps(("init", self.config.init_payload, options), _wire.PROTOCOL)
-            )
+            worker.channel.send(encode(Init(self.config.init_payload, options)))
         except OSError:
             pass  # it died already; its sentinel will say how
 
@@ -522,7 +531,7 @@ class Supervisor:
         worker.state = State.STOPPING
         worker.since = time.monotonic()
         try:
-            worker.channel.send(pickle.dumps(("stop",), _wire.PROTOCOL))
+            worker.channel.send(encode(Stop()))
         except OSError:
             pass
 
@@ -661,25 +670,24 @@ class Supervisor:
                 pass
             return
         for data in messages:
-            self.on_message(worker, pickle.loads(data))
+            self.on_message(worker, decode(data))
 
-    def on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            self._on_done(worker, *message[1:])
-        elif kind == "ready":
+    def on_message(self, worker: Worker, message: Done | Ready | InitError) -> None:
+        if isinstance(message, Done):
+            self._on_done(worker, message)
+        elif isinstance(message, Ready):
             worker.state = State.READY
             worker.since = worker.idle_since = time.monotonic()
             self.event("worker_ready", lane=worker.slot, pid=worker.pid)
             self._check_started()
-        elif kind == "init_error":
-            cause = _wire.load_exception(message[1])
+        else:
+            cause = _wire.load_exception(message.error)
             if isinstance(cause, MissingMainGuard):
                 cause.__cause__ = None  # its message says all; the import's traceback is noise
                 worker.init_error = cause
                 return
             error = WorkerInitError(
-                f"a worker (pid {worker.pid}) failed {message[2]}: {type(cause).__name__}: "
+                f"a worker (pid {worker.pid}) failed {message.stage}: {type(cause).__name__}: "
                 f"{cause}; see the remote traceback above"
             )
             error.__cause__ = cause
@@ -690,34 +698,24 @@ class Supervisor:
         if ready >= self.lanes.minimum:
             self.started.set()
 
-    def _on_done(self, worker: Worker, task_id: int, *result: Any) -> None:
+    def _on_done(self, worker: Worker, done: Done) -> None:
         task = worker.outstanding.popleft()
-        assert task.id == task_id, "worker results arrived out of order"
+        assert task.id == done.task_id, "worker results arrived out of order"
         try:
-            self._finish(worker, task, *result)
+            self._finish(worker, task, done)
         except BaseException as exc:
             # The task has left every list break_pool looks at: fail it here, or it is lost.
             if not task.future.done():
                 task.future.set_exception(exc)
             raise
 
-    def _finish(
-        self,
-        worker: Worker,
-        task: Task,  # the rest: the worker's "done" message (see memwise.pool.worker)
-        status: int,
-        payload: bytes,
-        seconds: float,
-        gifts: tuple[Any, ...],
-        returns: list[Any],
-        private: int | None,
-        peak: int | None,
-    ) -> None:
+    def _finish(self, worker: Worker, task: Task, done: Done) -> None:
         task.release_memory()
-        _oob.returned(returns, worker.pid)
-        if peak is not None:
-            self._learn_peak(task, peak)
-        for gift in gifts:
+        _oob.returned(done.returns, worker.pid)
+        if done.peak is not None:
+            self._learn_peak(task, done.peak)
+        private, seconds = done.private, done.seconds
+        for gift in done.gifts:
             produced = worker.result_sizes
             produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, dispatch.RESTOCK_DEPTH)
         now = time.monotonic()
@@ -730,7 +728,7 @@ class Supervisor:
             seconds if self.service_time is None else 0.8 * self.service_time + 0.2 * seconds
         )
         self.failures.clear()
-        self._complete(worker, task, status, payload, gifts, seconds, now)
+        self._complete(worker, task, done, now)
         if not worker.retiring:
             reason = self.config.recycle.after_task(worker.tasks_done, private)
             if reason is not None:
@@ -745,31 +743,23 @@ class Supervisor:
         label = task.label
         self.peaks[label] = max(peak, int(self.peaks.get(label, 0) * PEAK_DECAY))
 
-    def _complete(
-        self,
-        worker: Worker,
-        task: Task,
-        status: int,
-        payload: bytes,
-        gifts: tuple[Any, ...],
-        seconds: float,
-        now: float,
-    ) -> None:
+    def _complete(self, worker: Worker, task: Task, done: Done, now: float) -> None:
+        status = done.status
         try:
-            if status == _worker_module.OK:
-                buffers = _oob.adopted(gifts)
-                value = _wire.loads(payload, lambda: f"the result of {task}", buffers)
+            if status == OK:
+                buffers = _oob.adopted(done.gifts)
+                value = _wire.loads(done.payload, lambda: f"the result of {task}", buffers)
             else:
-                error = _wire.load_exception(payload)
+                error = _wire.load_exception(done.payload)
         except (SerializationError, OSError, ValueError) as exc:
             # Unpicklable, or its result slots could not be mapped: this task fails alone.
-            status, error = _worker_module.RAISED, exc
+            status, error = RAISED, exc
         tally = self.tally
-        tally.ran(seconds, now)
-        if status == _worker_module.OK:
+        tally.ran(done.seconds, now)
+        if status == OK:
             tally.done += 1
             if self.events.subscriptions:
-                self.task_event("task_finished", task, worker, seconds=seconds)
+                self.task_event("task_finished", task, worker, seconds=done.seconds)
             self._results.append((task.future, value))
         else:
             tally.failed += 1

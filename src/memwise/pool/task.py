@@ -88,10 +88,9 @@ class Task:
             self.claimed = self.future.set_running_or_notify_cancel()
         return self.claimed
 
-    def entry(self, pid: int) -> tuple[int, bytes, tuple[Any, ...]]:
-        """What a ``run`` message carries for this task to worker ``pid``."""
-        handles = () if self.outgoing is None else self.outgoing.lend(pid)
-        return (self.id, self.payload, handles)
+    def lend_slots(self, pid: int) -> tuple[Any, ...]:
+        """Lend the slots of its large arguments to worker ``pid``; their handles."""
+        return () if self.outgoing is None else self.outgoing.lend(pid)
 
     def release_memory(self) -> None:
         """Give back the task's budget reservation (it ended, or goes back to the queue)."""
