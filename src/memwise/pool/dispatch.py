@@ -89,7 +89,7 @@ def dispatch(sup: Supervisor) -> None:
         with sup.lock:
             lanes = sup.lanes.count
             sup.idle = {
-                w.slot: w for w in ready if not w.outstanding and not w.retiring and w.slot < lanes
+                w.lane: w for w in ready if not w.outstanding and not w.retiring and w.lane < lanes
             }
 
 
@@ -103,14 +103,14 @@ def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
 
 def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
     busy = bool(worker.outstanding or batch)
-    general = worker.slot < sup.lanes.count  # a draining lane runs only its pinned keys
+    general = worker.lane < sup.lanes.count  # a draining lane runs only its pinned keys
     while True:
-        keyed, key = sup.queue.peek_key(worker.slot, general)
+        keyed, key = sup.queue.peek_key(worker.lane, general)
         if keyed and key_change(sup, worker, key, batch):
             if not busy:
                 sup.retire(worker, "key")
             return None
-        task = sup.queue.pop_for(worker.slot, general)
+        task = sup.queue.pop_for(worker.lane, general)
         if task is None:
             return None
         if busy and not _pipelinable(task, worker, batch):

@@ -62,7 +62,7 @@ from memwise.shared._names import current_owner
 
 logger = logging.getLogger(__name__)
 
-SPARE = -1  # the slot number of spare workers
+SPARE = -1  # the lane number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 PEAK_DECAY = 0.9  # per task, of a function's learned peak
 DIRECT_BYTES = 1 << 20  # largest payload a submitting thread writes to a worker itself
@@ -91,7 +91,7 @@ class Supervisor:
         self._ctx = get_context(config.start_method)
         self.lock = threading.Lock()
         # Guarded by lock: what user threads hand over, and READY workers with nothing to do
-        # lent to submitting threads by slot (see _send_direct_locked).
+        # lent to submitting threads by lane (see _send_direct_locked).
         self.incoming: deque[Task] = deque()
         self.idle: dict[int, Worker] = {}
         # The newest queued task of each coalesce tag (latest wins).
@@ -109,7 +109,7 @@ class Supervisor:
         self.queue = TaskQueue()
         self.workers: dict[int, Worker] = {}
         self.retiring: list[Worker] = []
-        self.spares: list[Worker] = []  # processes started ahead, not yet in a slot (Recycle)
+        self.spares: list[Worker] = []  # processes started ahead, not yet in a lane (Recycle)
         self.failures: deque[float] = deque()
         self.service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
@@ -160,7 +160,7 @@ class Supervisor:
                 raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
             self.tally.submitted += 1
             if task.key is not None:
-                task.slot = self.lanes.route(task.key)
+                task.lane = self.lanes.route(task.key)
                 key = task.key
                 task.future.add_done_callback(lambda _: self._unpin(key))
             if self.events.subscriptions:  # before any other thread can see the task
@@ -200,13 +200,13 @@ class Supervisor:
         Skipping the hop to the supervisor thread halves the latency of a lone call, which is
         what interactive callers wait for.
         """
-        if task.slot is None:
+        if task.lane is None:
             worker = self.idle.pop(next(iter(self.idle)))
         else:
-            candidate = self.idle.get(task.slot)
+            candidate = self.idle.get(task.lane)
             if candidate is None or dispatch.key_change(self, candidate, task.key):
                 return False
-            worker = self.idle.pop(task.slot)
+            worker = self.idle.pop(task.lane)
         message = dispatch.run_message(worker, [task])
         task.claim()
         if self.events.subscriptions:
@@ -259,7 +259,7 @@ class Supervisor:
         if not self.events.subscriptions:
             return
         if worker is not None:
-            fields.update(lane=worker.slot, pid=worker.pid)
+            fields.update(lane=worker.lane, pid=worker.pid)
         self.events.emit(
             PoolEvent(kind, time.time(), task_id=task.id, function=task.label, **fields)
         )
@@ -382,30 +382,30 @@ class Supervisor:
     # ----- workers -----------------------------------------------------------------------
 
     def _ensure_workers(self) -> None:
-        """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
+        """Start workers where needed: the minimum, lanes with keyed work, spare capacity."""
         if self.broken is not None or (self.closing and not self.queue):
             return
         lanes = self.lanes.count
         if len(self.workers) == lanes and max(self.workers) < lanes and not self._wants_spare():
             return  # every lane is filled: the common case, on every turn of the loop
         # Lanes with keyed work include draining ones (see memwise.pool.lanes).
-        wanted = set(range(self.lanes.minimum)) | self.queue.waiting_slots()
+        wanted = set(range(self.lanes.minimum)) | self.queue.waiting_lanes()
         spare = sum(
             1
             for w in self.workers.values()
             if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
         )
         need = self.queue.general_count() - spare
-        for slot in range(lanes):
+        for lane in range(lanes):
             if need <= 0:
                 break
-            if slot not in self.workers and slot not in wanted:
-                wanted.add(slot)
+            if lane not in self.workers and lane not in wanted:
+                wanted.add(lane)
                 need -= 1
-        for slot in sorted(wanted - self.workers.keys()):
-            if self._promote_spare(slot):
+        for lane in sorted(wanted - self.workers.keys()):
+            if self._promote_spare(lane):
                 continue
-            if not self._try_start(slot):
+            if not self._try_start(lane):
                 return
         while self._wants_spare() and self._try_start(SPARE):
             pass
@@ -415,16 +415,16 @@ class Supervisor:
         lanes = self.lanes.count
         if not self.workers or max(self.workers) < lanes:
             return
-        waiting = self.queue.waiting_slots()
+        waiting = self.queue.waiting_lanes()
         for lane, worker in list(self.workers.items()):
             if lane < lanes or worker.outstanding or lane in waiting:
                 continue
             if not self.lanes.pinned(lane):
                 self.retire(worker, "resize")
 
-    def _try_start(self, slot: int) -> bool:
+    def _try_start(self, lane: int) -> bool:
         try:
-            self._start_worker(slot)
+            self._start_worker(lane)
         except OSError as exc:
             error = WorkerInitError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
@@ -446,34 +446,34 @@ class Supervisor:
             and (bool(self.queue) or any(w.outstanding for w in self.workers.values()))
         )
 
-    def _promote_spare(self, slot: int) -> bool:
+    def _promote_spare(self, lane: int) -> bool:
         for spare in self.spares:
             if spare.state is State.READY and spare.kill_reason is None:
                 self.spares.remove(spare)
-                spare.slot = slot
-                self.workers[slot] = spare
+                spare.lane = lane
+                self.workers[lane] = spare
                 self._replaced(spare)
                 return True
         return False
 
     def _replaced(self, worker: Worker) -> None:
         """``worker`` took a lane whose previous process went away."""
-        reason = self.lane_vacated.pop(worker.slot, None)
+        reason = self.lane_vacated.pop(worker.lane, None)
         if reason is not None:
-            self.event("worker_replaced", lane=worker.slot, pid=worker.pid, reason=reason)
+            self.event("worker_replaced", lane=worker.lane, pid=worker.pid, reason=reason)
 
     def everyone(self) -> list[Worker]:
-        """Every worker process alive: in slots, retiring, and spares."""
+        """Every worker process alive: in lanes, retiring, and spares."""
         return [*self.workers.values(), *self.retiring, *self.spares]
 
-    def _start_worker(self, slot: int) -> None:
+    def _start_worker(self, lane: int) -> None:
         conn, child_conn = self._ctx.Pipe(duplex=True)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
         ledger = Ledger(self._ctx)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_module.main,
             args=(child_conn, alive_r, ledger),
-            name=f"memwise-worker-{slot}",
+            name=f"memwise-worker-{lane}",
         )
         try:
             process.start()
@@ -481,12 +481,12 @@ class Supervisor:
             child_conn.close()
             alive_r.close()
             forget_main_hint()
-        worker = Worker(slot, process, conn, alive_w, ledger)
-        self.event("worker_started", lane=slot, pid=worker.pid)
-        if slot == SPARE:
+        worker = Worker(lane, process, conn, alive_w, ledger)
+        self.event("worker_started", lane=lane, pid=worker.pid)
+        if lane == SPARE:
             self.spares.append(worker)
         else:
-            self.workers[slot] = worker
+            self.workers[lane] = worker
             self._replaced(worker)
         if self.config.budget is not None:
             self.config.budget.track(worker.pid)
@@ -509,18 +509,18 @@ class Supervisor:
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
-        self.tally.recycled(worker.slot, reason)
+        self.tally.recycled(worker.lane, reason)
         logger.info(
             "recycling worker pid %d in lane %d (%s); it finishes its tasks first",
             worker.pid,
-            worker.slot,
+            worker.lane,
             reason,
         )
-        self.event("worker_recycled", lane=worker.slot, pid=worker.pid, reason=reason)
-        self.lane_vacated[worker.slot] = reason
+        self.event("worker_recycled", lane=worker.lane, pid=worker.pid, reason=reason)
+        self.lane_vacated[worker.lane] = reason
         worker.retiring = True
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
+        if self.workers.get(worker.lane) is worker:
+            del self.workers[worker.lane]
         self.retiring.append(worker)
         if not worker.outstanding:
             self.stop(worker)
@@ -553,8 +553,8 @@ class Supervisor:
         worker.process.close()
         if self.config.budget is not None:
             self.config.budget.untrack(worker.pid)
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
+        if self.workers.get(worker.lane) is worker:
+            del self.workers[worker.lane]
         elif worker in self.retiring:
             self.retiring.remove(worker)
         elif worker in self.spares:
@@ -604,7 +604,7 @@ class Supervisor:
         if worker in self.spares:
             return idle
         # A fresh worker inside the minimum would only be replaced by another fresh one.
-        if idle is None or (worker.tasks_done == 0 and worker.slot < self.lanes.minimum):
+        if idle is None or (worker.tasks_done == 0 and worker.lane < self.lanes.minimum):
             return None
         return idle
 
@@ -643,16 +643,16 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 continue
             if worker.private > limit:
-                self.tally.recycled(worker.slot, "hard_memory")
+                self.tally.recycled(worker.lane, "hard_memory")
                 logger.info(
                     "killing worker pid %d in lane %d: private memory %d bytes is over the "
                     "hard limit of %d",
                     worker.pid,
-                    worker.slot,
+                    worker.lane,
                     worker.private,
                     limit,
                 )
-                self.event("worker_recycled", lane=worker.slot, pid=worker.pid, reason="memory")
+                self.event("worker_recycled", lane=worker.lane, pid=worker.pid, reason="memory")
                 self.kill(worker, "memory")
 
     # ----- messages ----------------------------------------------------------------------
@@ -678,7 +678,7 @@ class Supervisor:
         elif isinstance(message, Ready):
             worker.state = State.READY
             worker.since = worker.idle_since = time.monotonic()
-            self.event("worker_ready", lane=worker.slot, pid=worker.pid)
+            self.event("worker_ready", lane=worker.lane, pid=worker.pid)
             self._check_started()
         else:
             cause = _wire.load_exception(message.error)

@@ -21,7 +21,7 @@ class Task:
     ``attempts`` counts how many times a worker died while running it, so that ``retries``
     can bound re-runs; tasks that were merely queued behind it on a dead worker don't count.
     ``claimed`` is set once the future is marked running, which may happen only once even if
-    the task is re-queued. ``slot`` is the worker slot a keyed task is pinned to.
+    the task is re-queued. ``lane`` is the worker lane a keyed task is pinned to.
     """
 
     __slots__ = (
@@ -35,13 +35,13 @@ class Task:
         "future",
         "id",
         "key",
+        "lane",
         "memory",
         "outgoing",
         "payload",
         "priority",
         "reservation",
         "seq",
-        "slot",
         "timeout",
     )
 
@@ -63,7 +63,7 @@ class Task:
         self.fn = fn
         self.timeout = timeout
         self.key = key
-        self.slot: int | None = None  # set when the pool routes its key (see pool.lanes)
+        self.lane: int | None = None  # set when the pool routes its key (see pool.lanes)
         self.priority = priority
         self.coalesce = coalesce
         self.memory = memory  # bytes reserved in the pool's MemoryBudget while it runs
