@@ -113,14 +113,16 @@ def _send(channel: _channel.Channel, message: tuple[Any, ...]) -> None:
     channel.send(pickle.dumps(message, _wire.PROTOCOL))
 
 
-def _initialize(conn: _channel.Channel, payload: bytes | None) -> bool:
+def _initialize(
+    conn: _channel.Channel, payload: bytes | None, start_initargs: tuple[Any, ...] | None
+) -> bool:
     if context.main_failure is not None:  # the forkserver could not import the main script
         _send(conn, ("init_error", context.main_failure, "importing the main script"))
         return False
     try:
         if payload is not None:
             initializer, initargs = _wire.loads(payload, "the initializer")
-            initializer(*initargs)
+            initializer(*(initargs if start_initargs is None else start_initargs))
     except BaseException as exc:
         _send(conn, ("init_error", _wire.dump_exception(exc), "running the initializer"))
         return False
@@ -171,8 +173,10 @@ def _after_task(options: dict[str, Any]) -> int | None:
     return None
 
 
-def main(conn: Any, alive: Any, ledger: Ledger) -> None:
-    """Entry point of a worker process."""
+def main(
+    conn: Any, alive: Any, ledger: Ledger, start_initargs: tuple[Any, ...] | None = None
+) -> None:
+    """Entry point of a worker process (``start_initargs``: see ``PoolConfig``)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(alive)
@@ -181,7 +185,7 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
     while not inbox:
         inbox.extend(channel.receive())
     kind, payload, options = pickle.loads(inbox.popleft())
-    if kind != "init" or not _initialize(channel, payload):
+    if kind != "init" or not _initialize(channel, payload, start_initargs):
         sys.exit(EXIT_INIT_FAILED)
     slots = _oob.WorkerSlots(options["owner"], options["shm_threshold"])
     slots.serve_tasks()
