@@ -304,7 +304,10 @@ class SlotPool:
                 max(0.0, oldest + self.idle - now), _expire, (weakref.ref(self),)
             )
             self._expiry.daemon = True
-            self._expiry.start()
+            try:
+                self._expiry.start()
+            except RuntimeError:  # interpreter shutdown: everything is unlinked at exit anyway
+                self._expiry = None
 
     def expire_idle(self) -> int:
         """Unlink free slots unused for ``idle`` seconds; returns the bytes freed.
