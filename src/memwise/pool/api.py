@@ -56,7 +56,7 @@ class WorkerPool(Executor):
     """A pool of supervised worker processes.
 
     Args:
-        workers: the number of worker slots, i.e. the most processes at once (default: the
+        workers: the number of worker lanes, i.e. the most processes at once (default: the
             number of usable CPUs). ``max_workers`` is a synonym.
         min_workers: processes kept alive even when idle (default: all of them). With fewer,
             workers start on demand and, with ``Recycle(idle=...)``, idle ones above the
