@@ -16,6 +16,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "ServerConfigError",
     "SharedMemoryError",
     "SharedMemoryExhausted",
     "TaskTimeout",
@@ -118,3 +119,7 @@ class BufferPoolExhausted(MemwiseError, TimeoutError):
 
 class MemoryBudgetExceeded(MemwiseError):
     """A task or reservation waited longer than ``max_wait`` for room in a MemoryBudget."""
+
+
+class ServerConfigError(MemwiseError, ValueError):
+    """The server cannot start as configured (e.g. a non-loopback bind without a token)."""
