@@ -6,7 +6,7 @@
   const token = new URLSearchParams(location.search).get("token");
   const EVENT_KINDS = ["worker_died", "worker_recycled", "worker_replaced", "task_timed_out",
     "task_failed", "task_retried", "pool_resized", "pool_broken", "pool_shutdown"];
-  const HISTORY = 240;          // throughput samples kept (2 min at 2 Hz)
+  const HISTORY = 600;          // throughput samples kept (2 min at up to 5 Hz)
   const MEMORY_POINTS = 60;     // private-memory sparkline points per lane
   const MAX_EVENTS = 200;
   const DURATION_WINDOW_S = 30; // the duration chart shows tasks finished in this window
@@ -80,8 +80,11 @@
     const max = niceMax(Math.max(1, ...rate.map((p) => p[1])));
     axis(g, w, h, left, max, tick);
     if (rate.length < 2) return;
-    const t1 = rate[rate.length - 1][0], t0 = t1 - 120;
-    const x = (t) => left + (w - left) * Math.max(0, (t - t0)) / 120;
+    // The window grows with the history, from 30 s up to 2 min.
+    const t1 = rate[rate.length - 1][0];
+    const span = Math.min(120, Math.max(30, t1 - rate[0][0]));
+    const t0 = t1 - span;
+    const x = (t) => left + (w - left) * Math.max(0, (t - t0)) / span;
     const y = (v) => top + (bottom - top) * (1 - v / max);
     g.beginPath();
     rate.forEach((p, i) => (i ? g.lineTo(x(p[0]), y(p[1])) : g.moveTo(x(p[0]), y(p[1]))));
@@ -91,7 +94,7 @@
     fill.addColorStop(0, "rgba(79,179,255,.35)"); fill.addColorStop(1, "rgba(79,179,255,0)");
     g.fillStyle = fill; g.fill();
     g.fillStyle = "#7d8b99";
-    g.fillText("-2 min", left, h - 4);
+    g.fillText(span >= 120 ? "-2 min" : "-" + Math.round(span) + " s", left, h - 4);
     g.fillText("now", w - 22, h - 4);
   }
 
