@@ -195,3 +195,25 @@ def test_health_is_503_with_the_reason_once_the_pool_is_shut_down():
 def test_create_app_rejects_nonsense_limits(shared_pool):
     with pytest.raises(ValueError, match="max_clients"):
         create_app(shared_pool, max_clients=0)
+
+
+def test_pipeline_stages_are_shown_and_exported(shared_pool):
+    from memwise.pipeline import Pipeline
+
+    line = Pipeline(name="ingest").pipe(square, workers=1)
+    with line, serving(shared_pool, pipelines=[line]) as url:
+        line.start()
+        for n in range(5):
+            line.put(n, timeout=30)
+        line.finish()
+        assert list(line) == [n * n for n in range(5)]
+        status, snap = get_json(url, "/api/snapshot")
+        assert status == 200
+        (pipeline,) = snap["pipelines"]
+        assert pipeline["name"] == "ingest"
+        (stage,) = pipeline["stages"]
+        assert stage["name"] == "square" and stage["done"] == 5 and stage["errors"] == 0
+        samples = metric_samples(request(url, "/metrics")[2].decode())
+        labels = (("pipeline", "ingest"), ("stage", "square"))
+        assert samples[("memwise_stage_items_total", labels)] == 5
+        assert ("memwise_stage_busy_ratio", labels) in samples

@@ -40,13 +40,13 @@ Pipelines = Mapping[str, PipelineLike] | Iterable[PipelineLike]
 
 
 def named(pipelines: Pipelines) -> dict[str, PipelineLike]:
-    """Pipelines by name: a mapping keeps its keys; otherwise a pipeline's ``name`` attribute,
-    or ``pipeline<i>`` when it has none."""
+    """Pipelines by name: a mapping keeps its keys; otherwise a pipeline's (or its snapshot's)
+    ``name``, or ``pipeline<i>`` when it has none."""
     if isinstance(pipelines, Mapping):
         return dict(pipelines)
     by_name: dict[str, PipelineLike] = {}
     for index, pipeline in enumerate(pipelines):
-        name = getattr(pipeline, "name", None)
+        name = getattr(pipeline, "name", None) or getattr(pipeline.snapshot(), "name", None)
         by_name[str(name) if name else f"pipeline{index}"] = pipeline
     return by_name
 
