@@ -20,7 +20,7 @@ from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import key_bytes
 from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.subscribers import Subscription
 from memwise.pool.supervisor import PoolConfig, Supervisor
@@ -121,7 +121,6 @@ class WorkerPool(Executor):
         init_payload = None
         if initializer is not None:
             init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
-        self._workers = workers
         self._timeout = timeout
         self._budget = budget
         self._shm_threshold = parse_size(shm_threshold)
@@ -147,8 +146,24 @@ class WorkerPool(Executor):
 
     @property
     def workers(self) -> int:
-        """The number of worker slots."""
-        return self._workers
+        """The number of worker lanes (the most processes at once); see :meth:`resize`."""
+        return self._supervisor.lanes.count
+
+    def resize(self, workers: int) -> None:
+        """Change the number of worker lanes while the pool runs.
+
+        Growing starts workers in the new lanes (with the default ``min_workers``, which
+        keeps every lane filled; otherwise on demand). Shrinking stops the workers of the
+        lanes above ``workers`` once they have finished every task they hold or that is
+        queued for them: nothing is lost or re-run. Keys are routed by rendezvous hashing,
+        so about ``1/workers`` of them move to another lane, and a key never moves while
+        one of its tasks is queued or running: its tasks keep their order across a resize.
+        ``min_workers`` is lowered to ``workers`` if it was above; if it was equal to the
+        old number of lanes (the default), it follows the new one.
+        """
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int of at least 1, got {workers!r}")
+        self._supervisor.resize(workers)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
@@ -184,6 +199,8 @@ class WorkerPool(Executor):
         memory = options.memory
         if memory and self._budget is None:
             raise ValueError("options(memory=...) reserves memory in a budget: pass budget= too")
+        if options.key is not None:
+            key_bytes(options.key)  # a key that cannot route fails here, before anything else
         future: Future[T] = Future()
         outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
@@ -205,7 +222,6 @@ class WorkerPool(Executor):
             fn,
             self._timeout if options.timeout is INHERIT else options.timeout,
             key=options.key,
-            slot=None if options.key is None else slot_for(options.key, self._workers),
             priority=options.priority,
             coalesce=options.coalesce,
             memory=memory,
@@ -232,7 +248,7 @@ class WorkerPool(Executor):
         star = len(iterables) != 1
         items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
         if chunksize is None:
-            chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self._workers)))
+            chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self.workers)))
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -262,7 +278,7 @@ class WorkerPool(Executor):
         workers as ``options(key=)`` does. An item's exception is raised at its position, and
         the items not yet started are cancelled.
         """
-        prefetch = 2 * self._workers if prefetch is None else prefetch
+        prefetch = 2 * self.workers if prefetch is None else prefetch
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
 

@@ -24,8 +24,15 @@ import time
 from typing import TYPE_CHECKING
 
 from memwise import _oob
-from memwise.errors import BrokenPool, TaskTimeout, WorkerCrashed, WorkerInitError
+from memwise.errors import (
+    BrokenPool,
+    MissingMainGuard,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerInitError,
+)
 from memwise.memory import format_size
+from memwise.pool.context import EXIT_MISSING_MAIN_GUARD, main_script, missing_guard_message
 from memwise.pool.handle import State, Worker, describe_exit
 
 if TYPE_CHECKING:
@@ -102,15 +109,24 @@ def _idle_death(worker: Worker, exitcode: int | None) -> str:
 
 
 def _on_start_failure(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
-    error = worker.init_error or WorkerInitError(
-        f"a worker (pid {worker.pid}) died with {describe_exit(exitcode)} before its "
-        "initializer finished"
-    )
+    error = worker.init_error or _start_error(sup, worker, exitcode)
     if not sup.started.is_set():
         sup.startup_error = error
         sup.break_pool(error, cause=error.__cause__)
     else:
         note_failure(sup, error)
+
+
+def _start_error(sup: Supervisor, worker: Worker, exitcode: int | None) -> WorkerInitError:
+    """Why a worker died before READY without saying so itself."""
+    if exitcode == EXIT_MISSING_MAIN_GUARD:
+        return MissingMainGuard(missing_guard_message(main_script()))
+    during = "while running its initializer" if sup.config.init_payload else "while starting"
+    return WorkerInitError(
+        f"a worker (pid {worker.pid}) died with {describe_exit(exitcode)} before it was ready, "
+        f"{during}; an error raised while multiprocessing prepared it (importing the main "
+        "script and the modules of the pickled call) is printed on its standard error"
+    )
 
 
 def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:

@@ -87,7 +87,10 @@ def dispatch(sup: Supervisor) -> None:
     # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
     if not sup.queue and not sup.closing and sup.config.budget is None:
         with sup.lock:
-            sup.idle = {w.slot: w for w in ready if not w.outstanding and not w.retiring}
+            lanes = sup.lanes.count
+            sup.idle = {
+                w.slot: w for w in ready if not w.outstanding and not w.retiring and w.slot < lanes
+            }
 
 
 def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
@@ -100,13 +103,14 @@ def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
 
 def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
     busy = bool(worker.outstanding or batch)
+    general = worker.slot < sup.lanes.count  # a draining lane runs only its pinned keys
     while True:
-        keyed, key = sup.queue.peek_key(worker.slot)
+        keyed, key = sup.queue.peek_key(worker.slot, general)
         if keyed and key_change(sup, worker, key, batch):
             if not busy:
                 sup.retire(worker, "key")
             return None
-        task = sup.queue.pop_for(worker.slot)
+        task = sup.queue.pop_for(worker.slot, general)
         if task is None:
             return None
         if busy and not _pipelinable(task, worker, batch):

@@ -122,9 +122,14 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
         wall = time.time()
         queued_per_lane = sup.queue.lane_counts()
         rows = []
-        for lane in range(config.max_workers):
+        lanes = sup.lanes.count
+        for lane in range(lanes):
             worker = sup.workers.get(lane)
             rows.append(_worker_row(lane, worker, queued_per_lane.get(lane, 0), sup, now, wall))
+        draining = [w for lane, w in sorted(sup.workers.items()) if lane >= lanes]
+        for worker in draining:
+            queued = queued_per_lane.get(worker.slot, 0)
+            rows.append(_worker_row(worker.slot, worker, queued, sup, now, wall))
         for worker in (*sup.retiring, *sup.spares):
             rows.append(_worker_row(worker.slot, worker, 0, sup, now, wall))
         tally = sup.tally
@@ -140,8 +145,8 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
             time=wall,
             state=state,
             broken_reason=None if sup.broken is None else str(sup.broken),
-            max_workers=config.max_workers,
-            min_workers=config.min_workers,
+            max_workers=lanes,
+            min_workers=sup.lanes.minimum,
             queued=len(sup.incoming) + len(sup.queue) - sup.dropped_queued,
             in_flight=in_flight,
             submitted=tally.submitted,

@@ -24,13 +24,20 @@ from typing import Any
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import BrokenPool, ClosedError, SerializationError, WorkerInitError
+from memwise.errors import (
+    BrokenPool,
+    ClosedError,
+    MissingMainGuard,
+    SerializationError,
+    WorkerInitError,
+)
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
 from memwise.pool.context import forget_main_hint, get_context
 from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
+from memwise.pool.lanes import Lanes
 from memwise.pool.ledger import Ledger
 from memwise.pool.policies import Recycle
 from memwise.pool.probe import ProcessProbe
@@ -113,6 +120,7 @@ class Supervisor:
         self._probe = ProcessProbe()
         # Why a lane's previous process went, until its replacement starts (worker_replaced).
         self.lane_vacated: dict[int, str] = {}
+        self.lanes = Lanes(config.max_workers, config.min_workers)
         # Cancelled tasks still in ``queue`` (it drops them lazily, when popped), so that
         # snapshots count them as cancelled and not also as queued.
         self.dropped_queued = 0
@@ -122,7 +130,9 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the supervisor; wait until ``min_workers`` are ready or one fails to start."""
-        sweep_orphans()  # shared memory left by a pool whose process was killed
+        swept = sweep_orphans()  # shared memory left by a pool whose process was killed
+        if swept:
+            logger.info("removed %d shared-memory segment(s) of dead processes", len(swept))
         self._thread.start()
         self.started.wait()
         if self.startup_error is not None:
@@ -138,6 +148,10 @@ class Supervisor:
             if self.closing:
                 raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
             self.tally.submitted += 1
+            if task.key is not None:
+                task.slot = self.lanes.route(task.key)
+                key = task.key
+                task.future.add_done_callback(lambda _: self._unpin(key))
             if self.events.subscriptions:  # before any other thread can see the task
                 self.task_event("task_submitted", task, key=key_repr(task.key))
             # Large inline payloads are queued: writing them here would hold the lock, and so
@@ -147,6 +161,23 @@ class Supervisor:
                 return
             self.incoming.append(task)
             self._poke_locked()
+
+    def _unpin(self, key: Hashable) -> None:
+        if self.lanes.release(key) is not None:
+            with self.lock:
+                self._poke_locked()  # a draining lane may have nothing left to wait for
+
+    def resize(self, count: int) -> None:
+        """Set the number of lanes; see :mod:`memwise.pool.lanes`."""
+        with self.state_lock, self.lock:
+            if self.broken is not None or self.closing:
+                raise RuntimeError("cannot resize a pool that is shut down or broken")
+            previous = self.lanes.resize(count)
+            self.idle.clear()  # a lent worker may be in a lane that now drains
+            self._poke_locked()
+        if previous != count:
+            logger.info("pool resized from %d to %d lanes", previous, count)
+            self.event("pool_resized", reason=f"{previous} -> {count}")
 
     def _send_direct_locked(self, task: Task) -> bool:
         """Hand ``task`` straight to an idle worker from the submitting thread, if one fits.
@@ -238,7 +269,7 @@ class Supervisor:
         state = self.state_lock
         try:
             with state:
-                if self.config.min_workers == 0:
+                if self.lanes.minimum == 0:
                     self.started.set()
                 self._ensure_workers()
                 timeout = self._enforce_deadlines()
@@ -253,6 +284,7 @@ class Supervisor:
                     if timeout is not None:
                         self._enforce_deadlines()  # a deadline passed: act before dispatching
                     dispatch.dispatch(self)
+                    self._retire_drained_lanes()
                     self._ensure_workers()
                     timeout = self._enforce_deadlines()
                 self._resolve()
@@ -342,16 +374,18 @@ class Supervisor:
         """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
         if self.broken is not None or (self.closing and not self.queue):
             return
-        if len(self.workers) == self.config.max_workers and not self._wants_spare():
-            return  # every slot is filled: the common case, on every turn of the loop
-        wanted = set(range(self.config.min_workers)) | self.queue.waiting_slots()
+        lanes = self.lanes.count
+        if len(self.workers) == lanes and max(self.workers) < lanes and not self._wants_spare():
+            return  # every lane is filled: the common case, on every turn of the loop
+        # Lanes with keyed work include draining ones (see memwise.pool.lanes).
+        wanted = set(range(self.lanes.minimum)) | self.queue.waiting_slots()
         spare = sum(
             1
             for w in self.workers.values()
             if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
         )
         need = self.queue.general_count() - spare
-        for slot in range(self.config.max_workers):
+        for slot in range(lanes):
             if need <= 0:
                 break
             if slot not in self.workers and slot not in wanted:
@@ -364,6 +398,18 @@ class Supervisor:
                 return
         while self._wants_spare() and self._try_start(SPARE):
             pass
+
+    def _retire_drained_lanes(self) -> None:
+        """Retire the workers of lanes above the count once no key is pinned to them."""
+        lanes = self.lanes.count
+        if not self.workers or max(self.workers) < lanes:
+            return
+        waiting = self.queue.waiting_slots()
+        for lane, worker in list(self.workers.items()):
+            if lane < lanes or worker.outstanding or lane in waiting:
+                continue
+            if not self.lanes.pinned(lane):
+                self.retire(worker, "resize")
 
     def _try_start(self, slot: int) -> bool:
         try:
@@ -549,7 +595,7 @@ class Supervisor:
         if worker in self.spares:
             return idle
         # A fresh worker inside the minimum would only be replaced by another fresh one.
-        if idle is None or (worker.tasks_done == 0 and worker.slot < self.config.min_workers):
+        if idle is None or (worker.tasks_done == 0 and worker.slot < self.lanes.minimum):
             return None
         return idle
 
@@ -561,9 +607,10 @@ class Supervisor:
         if deadline is None or deadline > time.monotonic():
             return
         if worker.state is State.STARTING:
+            what = "its initializer did not finish" if self.config.init_payload else "not ready"
             worker.init_error = WorkerInitError(
-                f"the worker initializer did not finish within init_timeout="
-                f"{self.config.init_timeout} s (pid {worker.pid}); it was killed"
+                f"a worker (pid {worker.pid}) was {what} within init_timeout="
+                f"{self.config.init_timeout} s; it was killed"
             )
             self.kill(worker, "init timeout")
         elif worker.state is State.STOPPING:
@@ -627,16 +674,20 @@ class Supervisor:
             self._check_started()
         elif kind == "init_error":
             cause = _wire.load_exception(message[1])
+            if isinstance(cause, MissingMainGuard):
+                cause.__cause__ = None  # its message says all; the import's traceback is noise
+                worker.init_error = cause
+                return
             error = WorkerInitError(
-                f"the worker initializer raised {type(cause).__name__}: {cause} (pid "
-                f"{worker.pid}); see the remote traceback above"
+                f"a worker (pid {worker.pid}) failed {message[2]}: {type(cause).__name__}: "
+                f"{cause}; see the remote traceback above"
             )
             error.__cause__ = cause
             worker.init_error = error
 
     def _check_started(self) -> None:
         ready = sum(1 for w in self.workers.values() if w.state is State.READY)
-        if ready >= self.config.min_workers:
+        if ready >= self.lanes.minimum:
             self.started.set()
 
     def _on_done(self, worker: Worker, task_id: int, *result: Any) -> None:

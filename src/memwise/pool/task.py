@@ -53,7 +53,6 @@ class Task:
         timeout: float | None = None,
         *,
         key: Hashable = None,
-        slot: int | None = None,
         priority: int = 0,
         coalesce: Hashable = None,
         memory: int = 0,
@@ -64,7 +63,7 @@ class Task:
         self.fn = fn
         self.timeout = timeout
         self.key = key
-        self.slot = slot
+        self.slot: int | None = None  # set when the pool routes its key (see pool.lanes)
         self.priority = priority
         self.coalesce = coalesce
         self.memory = memory  # bytes reserved in the pool's MemoryBudget while it runs
