@@ -61,7 +61,7 @@ def create_app(
     pipelines: Pipelines = (),
     token: str | None = None,
     allowed_hosts: Collection[str] | None = None,
-    max_clients: int = 32,
+    max_clients: int = 64,
     client_buffer: int = 256,
     interval: float = 0.5,
     max_body: int = 64 * 1024,
