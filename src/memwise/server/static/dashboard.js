@@ -180,9 +180,10 @@
     gauge("b-shm", total ? s.bytes_in_use / total : 0);
     text($("t-shm"), bytes(s.bytes_in_use) + " in " + s.slots_in_use + " slots · " + bytes(s.bytes_free) + " warm in " + s.slots_free);
     const privateSum = live.reduce((sum, w) => sum + (w.private || 0), 0);
-    const scale = b ? b.limit : Math.max(privateSum, ...live.map((w) => (w.private || 0) * live.length));
-    gauge("b-private", scale ? privateSum / scale : 0);
-    text($("t-private"), bytes(privateSum) + " in " + live.length + " workers");
+    // A share of the budget; without one there is no meaningful whole, so only the figure.
+    $("b-private").parentNode.style.visibility = b ? "visible" : "hidden";
+    gauge("b-private", b ? privateSum / b.limit : 0);
+    text($("t-private"), bytes(privateSum) + " in " + live.length + " workers" + (b ? " (of the budget)" : ""));
   }
 
   // ---------------------------------------------------------------- worker rows (updated in place)
@@ -322,12 +323,14 @@
     lastSnapshotAt = Date.now();
     rate.push([snap.time, snap.throughput]);
     while (rate.length > HISTORY || (rate.length && rate[0][0] < snap.time - 120)) rate.shift();
-    cards(snap);
-    workers(snap);
-    pipelines(snap);
+    // Charts first: they read element sizes, which is free before this frame's DOM writes
+    // and forces a layout after them.
     drawRate();
     drawDurations(snap);
     drawQueues(snap);
+    cards(snap);
+    workers(snap);
+    pipelines(snap);
   }
 
   function live(on) {
