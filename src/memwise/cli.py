@@ -185,6 +185,12 @@ def buffers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     _run_benchmark("buffers", as_json, quick=quick)
 
 
+@bench_app.command()
+def pipeline(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """3-stage frame inspection line: memwise pipeline vs serial, mp.Queue, pypeln, mpire, spdl."""
+    _run_benchmark("pipeline", as_json, quick=quick)
+
+
 @bench_app.command("import")
 def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Cost of `import memwise` over bare Python, and an idle worker's private memory."""
@@ -201,3 +207,9 @@ def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def serve_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """The server: idle memory, /api/snapshot rate and p99, SSE fan-out CPU, dashboard cost."""
     _run_benchmark("serve", as_json, quick=quick)
+
+
+@bench_app.command()
+def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 001: the cover service's idle and peak memory, workers vs in-process renders."""
+    _run_benchmark("covers", as_json, quick=quick)
