@@ -94,6 +94,12 @@ def buffers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     _run_benchmark("buffers", as_json, quick=quick)
 
 
+@bench_app.command()
+def pipeline(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """3-stage frame inspection line: memwise pipeline vs serial, mp.Queue, pypeln, mpire, spdl."""
+    _run_benchmark("pipeline", as_json, quick=quick)
+
+
 @bench_app.command("import")
 def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Cost of `import memwise` over bare Python, and an idle worker's private memory."""
