@@ -9,7 +9,7 @@ import pytest
 
 from memwise import shared
 from memwise.buffers import BufferPool
-from memwise.errors import BufferPoolExhausted
+from memwise.errors import BufferPoolExhausted, ClosedError
 
 FRAME = (480, 640, 3)
 
@@ -106,7 +106,7 @@ def test_close_fails_waiters_and_frees_returned_buffers() -> None:
     def wait() -> None:
         try:
             pool.acquire()
-        except ValueError as error:
+        except ClosedError as error:
             outcome.append(error)
 
     waiter = threading.Thread(target=wait)

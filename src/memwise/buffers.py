@@ -34,7 +34,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from memwise import shared
-from memwise.errors import BufferPoolExhausted
+from memwise.errors import BufferPoolExhausted, ClosedError
 from memwise.shared import SlotPool
 
 __all__ = ["BufferPool", "BufferPoolStats"]
@@ -130,7 +130,7 @@ class BufferPool:
 
         With ``auto_release``, the array returned is a view of the buffer that gives it back
         when it and every array made from it are garbage collected (or on ``release(it)``).
-        Raises BufferPoolExhausted if none comes back in time, ValueError once the pool is closed.
+        Raises BufferPoolExhausted if none comes back in time, ClosedError once the pool is closed.
         """
         with self._lock:
             self._check_open()
@@ -224,8 +224,8 @@ class BufferPool:
     def resize(self, shape: int | tuple[int, ...], dtype: DTypeLike | None = None) -> None:
         """Replace every buffer by one of ``shape`` (and ``dtype``); only while none is leased.
 
-        For a camera whose resolution changed. ValueError if a buffer is leased or the pool
-        is closed.
+        For a camera whose resolution changed. ValueError if a buffer is leased, ClosedError if
+        the pool is closed.
         """
         with self._lock:
             self._check_open()
@@ -260,7 +260,7 @@ class BufferPool:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"{self!r} is closed")
+            raise ClosedError(f"{self!r} is closed; create a new one")
 
     def __enter__(self) -> BufferPool:
         return self

@@ -110,3 +110,9 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
     _run_benchmark("isolation", as_json, quick=quick)
+
+
+@bench_app.command()
+def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 001: the cover service's idle and peak memory, workers vs in-process renders."""
+    _run_benchmark("covers", as_json, quick=quick)

@@ -11,8 +11,16 @@ from concurrent.futures import BrokenExecutor
 __all__ = [
     "BrokenPool",
     "BufferPoolExhausted",
+    "ClosedError",
+    "DataError",
+    "DataNotFound",
+    "DependencyError",
+    "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "MissingMainGuard",
+    "PluginError",
+    "ReentrantComputation",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -51,6 +59,14 @@ class BrokenPool(MemwiseError, BrokenExecutor):
     """
 
 
+class ClosedError(MemwiseError, RuntimeError):
+    """The object was closed or shut down (a pool, an actor, a BufferPool, a SlotPool).
+
+    One type for "used after close" everywhere; a ``RuntimeError``, as ``concurrent.futures``
+    raises for ``submit`` after ``shutdown``. Create a new object instead.
+    """
+
+
 class WorkerCrashed(MemwiseError):
     """The worker process running this task died (killed, segfault, ``os._exit``).
 
@@ -76,6 +92,15 @@ class TaskTimeout(MemwiseError, TimeoutError):
 
 class WorkerInitError(MemwiseError):
     """A worker's initializer raised, crashed or did not finish within ``init_timeout``."""
+
+
+class MissingMainGuard(WorkerInitError, RuntimeError):
+    """A pool was created while a new worker imported the main script.
+
+    Every worker started by forkserver or spawn imports the main script again, so code at its
+    top level runs in each of them. Put the code that creates pools (or actors) under
+    ``if __name__ == "__main__":``.
+    """
 
 
 class SerializationError(MemwiseError, TypeError):
@@ -118,3 +143,27 @@ class BufferPoolExhausted(MemwiseError, TimeoutError):
 
 class MemoryBudgetExceeded(MemwiseError):
     """A task or reservation waited longer than ``max_wait`` for room in a MemoryBudget."""
+
+
+class DataError(MemwiseError):
+    """Base class of the errors of ``memwise.data`` (plugins, lineage, storage)."""
+
+
+class PluginError(DataError, TypeError):
+    """A plugin is declared wrongly, failed to load, or broke its own contract (dtype, time)."""
+
+
+class DependencyError(DataError, LookupError):
+    """Nothing provides a dependency, a version constraint is unmet, or dependencies cycle."""
+
+
+class DataNotFound(DataError, LookupError):
+    """The data asked for is in no storage, and the caller asked not to compute it."""
+
+
+class ReentrantComputation(DataError, RuntimeError):
+    """This process is already computing the same (run, data name) and was asked to again."""
+
+
+class LockTimeout(DataError, TimeoutError):
+    """Another process held a data key's lock longer than ``lock_timeout`` seconds."""
