@@ -83,9 +83,12 @@ class Flow:
             self._room.notify()
 
     def enter(self, value: Any) -> None:
-        """Admit ``value`` into a place :meth:`reserve` made."""
+        """Admit ``value`` into a place :meth:`reserve` made (released instead after a stop)."""
         with self._lock:
-            self._enter(Item(self.admitted, value))
+            if not self.stopped:
+                self._enter(Item(self.admitted, value))
+                return
+        self._release(value)
 
     def _enter(self, item: Item) -> None:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
