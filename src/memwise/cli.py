@@ -104,3 +104,9 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
     _run_benchmark("isolation", as_json, quick=quick)
+
+
+@bench_app.command()
+def data(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """memwise.data against strax 2.2.3 on one waveform chain: cold, reload, peak memory."""
+    _run_benchmark("data", as_json, quick=quick)
