@@ -94,6 +94,12 @@ def buffers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     _run_benchmark("buffers", as_json, quick=quick)
 
 
+@bench_app.command()
+def pipeline(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """3-stage frame inspection line: memwise pipeline vs serial, mp.Queue, pypeln, mpire, spdl."""
+    _run_benchmark("pipeline", as_json, quick=quick)
+
+
 @bench_app.command("import")
 def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Cost of `import memwise` over bare Python, and an idle worker's private memory."""
@@ -104,6 +110,12 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
     _run_benchmark("isolation", as_json, quick=quick)
+
+
+@bench_app.command()
+def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 001: the cover service's idle and peak memory, workers vs in-process renders."""
+    _run_benchmark("covers", as_json, quick=quick)
 
 
 @bench_app.command()

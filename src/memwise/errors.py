@@ -11,12 +11,14 @@ from concurrent.futures import BrokenExecutor
 __all__ = [
     "BrokenPool",
     "BufferPoolExhausted",
+    "ClosedError",
     "DataError",
     "DataNotFound",
     "DependencyError",
     "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "MissingMainGuard",
     "PluginError",
     "ReentrantComputation",
     "RemoteError",
@@ -57,6 +59,14 @@ class BrokenPool(MemwiseError, BrokenExecutor):
     """
 
 
+class ClosedError(MemwiseError, RuntimeError):
+    """The object was closed or shut down (a pool, an actor, a BufferPool, a SlotPool).
+
+    One type for "used after close" everywhere; a ``RuntimeError``, as ``concurrent.futures``
+    raises for ``submit`` after ``shutdown``. Create a new object instead.
+    """
+
+
 class WorkerCrashed(MemwiseError):
     """The worker process running this task died (killed, segfault, ``os._exit``).
 
@@ -82,6 +92,15 @@ class TaskTimeout(MemwiseError, TimeoutError):
 
 class WorkerInitError(MemwiseError):
     """A worker's initializer raised, crashed or did not finish within ``init_timeout``."""
+
+
+class MissingMainGuard(WorkerInitError, RuntimeError):
+    """A pool was created while a new worker imported the main script.
+
+    Every worker started by forkserver or spawn imports the main script again, so code at its
+    top level runs in each of them. Put the code that creates pools (or actors) under
+    ``if __name__ == "__main__":``.
+    """
 
 
 class SerializationError(MemwiseError, TypeError):
