@@ -219,3 +219,9 @@ def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def chaos(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Faults under load: kill storms, poison tasks, a soak; tasks lost, hangs, leaks, drift."""
     _run_benchmark("chaos", as_json, quick=quick)
+
+
+@bench_app.command()
+def data(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """memwise.data against strax 2.2.3 on one waveform chain: cold, reload, peak memory."""
+    _run_benchmark("data", as_json, quick=quick)
