@@ -102,7 +102,6 @@ def espeak_available() -> bool:
 def synthesize(text: str, *, voice: str = VOICE, speed: int = _SPEED) -> bytes:
     """``text`` spoken by espeak-ng, as 16 kHz mono 16-bit PCM."""
     import numpy as np
-    from scipy.signal import resample_poly
 
     done = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
@@ -113,8 +112,11 @@ def synthesize(text: str, *, voice: str = VOICE, speed: int = _SPEED) -> bytes:
     with wave.open(io.BytesIO(done.stdout)) as wav:
         rate = wav.getframerate()
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    # Polyphase resampling with its anti-aliasing filter (22050 -> 16000 is 320/441).
-    resampled = resample_poly(samples.astype(np.float32), SAMPLE_RATE, rate)
+    # Band-limited resampling in the frequency domain: dropping the bins above the new
+    # Nyquist frequency is the anti-aliasing filter.
+    size = round(len(samples) * SAMPLE_RATE / rate)
+    spectrum = np.fft.rfft(samples.astype(np.float64))[: size // 2 + 1]
+    resampled = np.fft.irfft(spectrum, size) * (size / len(samples))
     return np.clip(np.round(resampled), -32768, 32767).astype("<i2").tobytes()
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from memwise.demos.speech.audio import DIGITS
+from memwise.demos.speech.audio import DIGITS, SAMPLE_RATE, SAMPLE_WIDTH
 from memwise.demos.speech.segments import Segment, SegmentResult, Word
 
 Mode = Literal["grammar", "lm"]
@@ -32,6 +32,8 @@ public <digits> = ( {" | ".join(DIGITS)} )+ ;
 _FRAMES_PER_SECOND = 100
 # Markers of silence, sentence start/end and noise, which are not words of the transcript.
 _NOT_WORDS = ("<s>", "</s>", "<sil>")
+
+_PAD = bytes(SAMPLE_WIDTH * SAMPLE_RATE * 3 // 10)  # 0.3 s of silence
 
 _decoder: Any = None
 
@@ -91,7 +93,9 @@ def recognize(segment: Segment, mode: Mode = "grammar") -> SegmentResult:
     if _decoder.current_search() != mode:
         _decoder.activate_search(mode)  # raises if this worker did not load that mode
     _decoder.start_utt()
-    _decoder.process_raw(segment.pcm, full_utt=True)
+    # Trailing silence: a segment cut in the middle of a word otherwise leaves the grammar
+    # search without a final state, and it returns nothing at all for the segment.
+    _decoder.process_raw(segment.pcm + _PAD, full_utt=True)
     _decoder.end_utt()
     words = tuple(
         Word(
