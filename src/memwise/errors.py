@@ -11,11 +11,18 @@ from concurrent.futures import BrokenExecutor
 __all__ = [
     "BrokenPool",
     "BufferPoolExhausted",
+    "ClosedError",
+    "DataError",
+    "DataNotFound",
+    "DependencyError",
     "InsufficientMemory",
     "InvalidAudio",
+    "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "PluginError",
     "ProtocolError",
+    "ReentrantComputation",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
@@ -52,6 +59,14 @@ class BrokenPool(MemwiseError, BrokenExecutor):
 
     Raised instead of respawning forever, typically because the initializer crashes or the
     machine cannot start processes. The cause (``__cause__``) holds the last failure.
+    """
+
+
+class ClosedError(MemwiseError, RuntimeError):
+    """The object was closed or shut down (a pool, an actor, a BufferPool, a SlotPool).
+
+    One type for "used after close" everywhere; a ``RuntimeError``, as ``concurrent.futures``
+    raises for ``submit`` after ``shutdown``. Create a new object instead.
     """
 
 
@@ -153,3 +168,27 @@ class ProtocolError(MemwiseError, ValueError):
     """A message on a network API broke its protocol: a malformed frame, an unknown message
     type or task id, a task id already in use. The message says what to send instead; the
     connection and every other task are unaffected."""
+
+
+class DataError(MemwiseError):
+    """Base class of the errors of ``memwise.data`` (plugins, lineage, storage)."""
+
+
+class PluginError(DataError, TypeError):
+    """A plugin is declared wrongly, failed to load, or broke its own contract (dtype, time)."""
+
+
+class DependencyError(DataError, LookupError):
+    """Nothing provides a dependency, a version constraint is unmet, or dependencies cycle."""
+
+
+class DataNotFound(DataError, LookupError):
+    """The data asked for is in no storage, and the caller asked not to compute it."""
+
+
+class ReentrantComputation(DataError, RuntimeError):
+    """This process is already computing the same (run, data name) and was asked to again."""
+
+
+class LockTimeout(DataError, TimeoutError):
+    """Another process held a data key's lock longer than ``lock_timeout`` seconds."""

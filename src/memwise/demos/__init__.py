@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # Name -> module, in the order the tour runs them.
 SCENARIOS: dict[str, str] = {
     "photos": "memwise.demos.photos",
+    "preview": "memwise.demos.preview",
 }
 
 

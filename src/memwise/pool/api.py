@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import SerializationError, SharedMemoryError
+from memwise.errors import BrokenPool, SerializationError, SharedMemoryError
 from memwise.memory import parse_size
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
@@ -279,15 +279,27 @@ class WorkerPool(Executor):
 
         return track(results, total, lambda: self._supervisor.counts["restarts"])
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Stop accepting tasks; let queued ones finish unless ``cancel_futures``.
 
-        With ``wait``, return once every worker process has exited.
+        With ``wait``, return once every worker process has exited. With ``timeout`` too,
+        wait that many seconds at most: workers still busy then are killed, and the futures
+        of their tasks (and of any still queued) fail with ``BrokenPool``.
         """
         self._supervisor.close(cancel_futures)
-        if wait:
-            self._supervisor.join()
-            _live_pools.discard(self)  # without wait, exit still waits for the workers to end
+        if not wait:
+            return
+        if timeout is not None and not self._supervisor.join(timeout):
+            self._supervisor.terminate(
+                BrokenPool(
+                    f"the pool was shut down with timeout={timeout} s and this task had not "
+                    "finished by then; its worker was killed"
+                )
+            )
+        self._supervisor.join()
+        _live_pools.discard(self)  # without wait, exit still waits for the workers to end
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.run(fn, *args)``: submit and wait without blocking the event loop.
@@ -315,9 +327,15 @@ def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterat
             remaining = None if deadline is None else deadline - time.monotonic()
             chunk: PartialChunk = futures[-1].result(remaining)
             futures.pop()
-            yield from chunk.results
-            if chunk.error is not None:
-                raise _wire.load_exception(chunk.error)
+            # Hand each result over without keeping it: once the caller drops an item, nothing
+            # here may hold it (48 MB results times the chunk size otherwise).
+            results, error = chunk.results, chunk.error
+            del chunk
+            results.reverse()
+            while results:
+                yield results.pop()
+            if error is not None:
+                raise _wire.load_exception(error)
     finally:
         for future in futures:
             future.cancel()

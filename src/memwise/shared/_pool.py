@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Literal
 
-from memwise.errors import SharedMemoryError, SharedMemoryExhausted
+from memwise.errors import ClosedError, SharedMemoryExhausted
 from memwise.shared import _cache, _segment
 from memwise.shared._guard import Guard
 from memwise.shared._names import Owner, current_owner, new_name
@@ -400,7 +400,7 @@ class SlotPool:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise SharedMemoryError("this SlotPool is closed; create a new one")
+            raise ClosedError("this SlotPool is closed; create a new one")
 
     def _forget(self, entry: Entry) -> None:
         del self._entries[entry.segment.name]
