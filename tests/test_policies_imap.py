@@ -107,7 +107,7 @@ def test_imap_error_is_raised_at_its_position_and_the_rest_is_cancelled(tmp_path
         assert got == list(range(bad))
         with pytest.raises(StopIteration):
             next(results)
-        assert wait_until(lambda: pool.stats()["running"] + pool.stats()["queued"] == 0)
+        assert wait_until(lambda: idle(pool.snapshot()))
         # The pool is fine afterwards.
         assert list(pool.imap(_policy_tasks.index, range(3))) == [0, 1, 2]
     executed = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
@@ -119,7 +119,7 @@ def test_imap_error_is_raised_at_its_position_and_the_rest_is_cancelled(tmp_path
 def test_imap_with_key_keeps_each_key_on_its_slot_in_order():
     items = [(f"k{i % 10}", i) for i in range(200)]
     with WorkerPool(2) as pool:
-        pids = {row["slot"]: row["pid"] for row in pool.stats()["slots"]}
+        pids = {row.lane: row.pid for row in pool.snapshot().workers}
         results = list(
             pool.imap(
                 _policy_tasks.item_of, items, key=lambda item: item[0], prefetch=16, ordered=False
@@ -147,3 +147,7 @@ def test_progress_on_map_and_imap_gives_the_same_results(shared_pool):
     # An input of unknown length still works (the bar has no total).
     unsized = (i for i in range(50))
     assert list(shared_pool.imap(_policy_tasks.index, unsized, progress=True)) == expected
+
+
+def idle(snapshot):
+    return snapshot.in_flight + snapshot.queued == 0

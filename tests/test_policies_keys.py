@@ -28,7 +28,7 @@ def submit_round_robin(pool, tasks, keys, start=0):
 
 
 def slot_pids(pool):
-    return {row["slot"]: row["pid"] for row in pool.stats()["slots"]}
+    return {row.lane: row.pid for row in pool.snapshot().workers}
 
 
 def by_key(results):
@@ -49,7 +49,7 @@ def test_each_key_runs_in_order_on_one_slot():
     with WorkerPool(2) as pool:
         pids = slot_pids(pool)
         results = [f.result(WAIT) for f in submit_round_robin(pool, TASKS, KEYS)]
-        assert pool.stats()["restarts"] == 0
+        assert pool.snapshot().restarts == 0
     grouped = by_key(results)
     assert sorted(grouped) == sorted(KEYS)
     for key, runs in grouped.items():
@@ -77,14 +77,14 @@ def test_a_key_keeps_its_slot_and_order_across_a_worker_restart(tmp_path):
         write_atomic(release, "")  # the re-run finds the way open
         results = [f.result(WAIT) for f in futures]
         rerun_pid = blocker.result(WAIT)
-        stats = pool.stats()
-    new_pids = {row["slot"]: row["pid"] for row in stats["slots"]}
+        snapshot = pool.snapshot()
+    new_pids = {row.lane: row.pid for row in snapshot.workers}
     assert new_pids[victim_slot] not in (None, killed)
     assert rerun_pid == new_pids[victim_slot]
     assert new_pids[1 - victim_slot] == old_pids[1 - victim_slot]
-    assert stats["restarts"] == 1
-    assert stats["slots"][victim_slot]["restarts"] == 1
-    assert stats["slots"][1 - victim_slot]["restarts"] == 0
+    assert snapshot.restarts == 1
+    assert snapshot.workers[victim_slot].restarts == 1
+    assert snapshot.workers[1 - victim_slot].restarts == 0
     grouped = by_key(results)
     for key, runs in grouped.items():
         slot = slot_for(key, 2)

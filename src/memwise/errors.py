@@ -20,6 +20,7 @@ __all__ = [
     "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "MissingMainGuard",
     "PluginError",
     "ProtocolError",
     "ReentrantComputation",
@@ -95,6 +96,15 @@ class TaskTimeout(MemwiseError, TimeoutError):
 
 class WorkerInitError(MemwiseError):
     """A worker's initializer raised, crashed or did not finish within ``init_timeout``."""
+
+
+class MissingMainGuard(WorkerInitError, RuntimeError):
+    """A pool was created while a new worker imported the main script.
+
+    Every worker started by forkserver or spawn imports the main script again, so code at its
+    top level runs in each of them. Put the code that creates pools (or actors) under
+    ``if __name__ == "__main__":``.
+    """
 
 
 class SerializationError(MemwiseError, TypeError):

@@ -93,12 +93,13 @@ class TaskQueue:
             fifo.appendleft(task)
             self._announce(task)
 
-    def pop_for(self, slot: int) -> Task | None:
-        """The next task the worker in ``slot`` should run, or None."""
+    def pop_for(self, slot: int, general_too: bool = True) -> Task | None:
+        """The next task the worker in ``slot`` should run (keyed ones only unless
+        ``general_too``), or None."""
         heads = self._slot_heads.get(slot)
         while heads and not self._is_current(heads[0]):
             heapq.heappop(heads)
-        general = self._general[0] if self._general else None
+        general = self._general[0] if self._general and general_too else None
         if heads and (general is None or heads[0][:2] < general[:2]):
             _, _, key = heapq.heappop(heads)
             fifo = self._keys[key]
@@ -114,12 +115,12 @@ class TaskQueue:
         self._count -= 1
         return task
 
-    def peek_key(self, slot: int) -> tuple[bool, Hashable]:
+    def peek_key(self, slot: int, general_too: bool = True) -> tuple[bool, Hashable]:
         """Whether the next task for ``slot`` is keyed, and its key (for key-change recycling)."""
         heads = self._slot_heads.get(slot)
         while heads and not self._is_current(heads[0]):
             heapq.heappop(heads)
-        general = self._general[0] if self._general else None
+        general = self._general[0] if self._general and general_too else None
         if heads and (general is None or heads[0][:2] < general[:2]):
             return True, heads[0][2]
         return False, None
@@ -127,6 +128,15 @@ class TaskQueue:
     def waiting_slots(self) -> set[int]:
         """Slots that have keyed tasks waiting (their workers must be started)."""
         return {slot for slot, heads in self._slot_heads.items() if heads}
+
+    def lane_counts(self) -> dict[int, int]:
+        """How many keyed tasks wait for each slot (slots with none are left out)."""
+        counts: dict[int, int] = {}
+        for fifo in self._keys.values():
+            slot = fifo[0].slot
+            assert slot is not None
+            counts[slot] = counts.get(slot, 0) + len(fifo)
+        return counts
 
     def general_count(self) -> int:
         return len(self._general)

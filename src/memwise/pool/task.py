@@ -25,6 +25,7 @@ class Task:
     """
 
     __slots__ = (
+        "announced",
         "attempts",
         "blocked_since",
         "claimed",
@@ -52,7 +53,6 @@ class Task:
         timeout: float | None = None,
         *,
         key: Hashable = None,
-        slot: int | None = None,
         priority: int = 0,
         coalesce: Hashable = None,
         memory: int = 0,
@@ -63,7 +63,7 @@ class Task:
         self.fn = fn
         self.timeout = timeout
         self.key = key
-        self.slot = slot
+        self.slot: int | None = None  # set when the pool routes its key (see pool.lanes)
         self.priority = priority
         self.coalesce = coalesce
         self.memory = memory  # bytes reserved in the pool's MemoryBudget while it runs
@@ -75,6 +75,7 @@ class Task:
         self.attempts = 0
         self.claimed = False
         self.dropped = False
+        self.announced = False  # its task_started event went out (since its last retry)
 
     def claim(self) -> bool:
         """Mark the future running before sending the task; False if it was cancelled.

@@ -11,13 +11,14 @@ parent → worker: ``("init", payload, options)`` once, then
 one ``run`` message and of successive ones are executed strictly in order, which lets the
 parent know which task was running when a worker dies: the oldest one without a result.
 
-worker → parent: ``("ready", pid)`` or ``("init_error", exception)``, then one
+worker → parent: ``("ready", pid)`` or ``("init_error", exception, what_failed)``, then one
 ``("done", task_id, status, payload, seconds, result_slots, returned_slots, private_memory,
 peak_rise)`` per task, in order. Slot handles are explained in :mod:`memwise._oob`.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import signal
@@ -30,7 +31,10 @@ from typing import Any
 from memwise import _channel, _oob, _wire
 from memwise.errors import SerializationError
 from memwise.memory import PeakProbe
+from memwise.pool import context
 from memwise.pool.ledger import Ledger
+from memwise.shared._names import Owner, owner_of
+from memwise.shared._sweep import sweep_when_dead
 
 OK, RAISED = 0, 1
 EXIT_PARENT_GONE = 70
@@ -70,22 +74,28 @@ def run_chunk(fn: Any, items: list[Any], star: bool) -> PartialChunk:
     return PartialChunk(results, None)
 
 
-def _watch_parent(alive: Any) -> None:
+def _watch_parent(alive: Any, owner: Owner) -> None:
     """Exit when the parent is gone, even in the middle of a task.
 
     The parent holds the only write end of the ``alive`` pipe and never writes to it, so
-    ``recv`` ends (EOF) exactly when the parent has died, however it died.
+    ``recv`` ends (EOF) exactly when the parent has died, however it died. Its shared memory
+    goes too: nobody else would unlink it before the next pool starts.
     """
     try:
         while True:
             alive.recv_bytes()
     except (EOFError, OSError):
         pass
-    os._exit(EXIT_PARENT_GONE)
+    try:
+        sweep_when_dead(owner)
+    finally:
+        os._exit(EXIT_PARENT_GONE)
 
 
 def _die_with_parent(alive: Any) -> None:
-    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    parent = multiprocessing.parent_process()  # the pool's process, not the forkserver
+    owner = owner_of(os.getppid() if parent is None or parent.pid is None else parent.pid)
+    threading.Thread(target=_watch_parent, args=(alive, owner), daemon=True).start()
     if sys.platform.startswith("linux"):
         # Backstop for tasks that hold the GIL forever: the kernel kills us when our parent
         # (the forkserver, which itself exits with the pool's process) goes away.
@@ -104,12 +114,15 @@ def _send(channel: _channel.Channel, message: tuple[Any, ...]) -> None:
 
 
 def _initialize(conn: _channel.Channel, payload: bytes | None) -> bool:
+    if context.main_failure is not None:  # the forkserver could not import the main script
+        _send(conn, ("init_error", context.main_failure, "importing the main script"))
+        return False
     try:
         if payload is not None:
             initializer, initargs = _wire.loads(payload, "the initializer")
             initializer(*initargs)
     except BaseException as exc:
-        _send(conn, ("init_error", _wire.dump_exception(exc)))
+        _send(conn, ("init_error", _wire.dump_exception(exc), "running the initializer"))
         return False
     _send(conn, ("ready", os.getpid()))
     return True
