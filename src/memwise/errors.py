@@ -27,6 +27,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "ServerConfigError",
     "SharedMemoryError",
     "SharedMemoryExhausted",
     "TaskTimeout",
@@ -202,3 +203,7 @@ class ReentrantComputation(DataError, RuntimeError):
 
 class LockTimeout(DataError, TimeoutError):
     """Another process held a data key's lock longer than ``lock_timeout`` seconds."""
+
+
+class ServerConfigError(MemwiseError, ValueError):
+    """The server cannot start as configured (e.g. a non-loopback bind without a token)."""
