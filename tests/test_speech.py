@@ -187,22 +187,30 @@ def test_http_bad_input(url):
     assert too_big.status_code == 413 and "WebSocket" in too_big.json()["message"]
     bad_mode = post("?mode=klingon", audio.wav_bytes(bytes(3200)))
     assert bad_mode.status_code == 400 and "mode must be one of" in bad_mode.json()["message"]
-    assert httpx.get(f"{url}/healthz").json() == {"ok": True}
+
+
+def test_the_dashboard_and_metrics_are_served_beside_the_api(url):
+    assert httpx.get(f"{url}/healthz", timeout=WAIT).status_code == 200
+    metrics = httpx.get(f"{url}/metrics", timeout=WAIT)
+    assert metrics.status_code == 200 and "memwise" in metrics.text
+    assert "<html" in httpx.get(f"{url}/", timeout=WAIT).text.lower()
+    status = httpx.get(f"{url}/api/speech", timeout=WAIT).json()
+    assert status["workers"] == 2 and status["on_crash"] == "rerun"
 
 
 def test_client_disconnect_mid_file_leaves_nothing_queued(service, url, fresh):
     long_file = b"".join(clip.pcm for clip in fresh) * 2  # ~50 s: a dozen segments
     sent = long_file[: MAX_MESSAGE_BYTES - 16]
     segments = len(split(sent)) - 1  # the last one waits for more audio or the end
-    done_before = service.pool.stats()["done"]
+    done_before = service.pool.snapshot().done
     with connect(ws_url(url), open_timeout=WAIT) as ws:
         ws.send(json.dumps({"type": "start", "task": "gone"}))
         ws.send(b"gone\0" + sent)
         assert json.loads(ws.recv(WAIT))["type"] == "started"
         assert json.loads(ws.recv(WAIT))["type"] == "partial"  # work is under way
-    wait_until(lambda: not service.in_progress() and not service.pool.stats()["queued"])
+    wait_until(lambda: not service.in_progress() and not service.pool.snapshot().queued)
     time.sleep(0.5)  # a segment still running when the client left may finish meanwhile
-    assert service.pool.stats()["done"] - done_before < segments  # the rest never ran
+    assert service.pool.snapshot().done - done_before < segments  # the rest never ran
 
 
 def test_microphone_audio_overtakes_queued_batch_files(fresh):
@@ -281,7 +289,7 @@ def test_worker_killed_mid_file_reruns_the_lost_segment(fresh, references):
     reference, other_reference = references
     with SpeechService(ServiceConfig(workers=2, on_crash="rerun")) as svc:
         outcome, other_text = run_with_kill(svc, fresh)
-        assert svc.pool.stats()["restarts"] == 1
+        assert svc.pool.snapshot().restarts == 1
     assert outcome == reference  # the file completes, identical to the run without a kill
     assert other_text == other_reference
 
@@ -291,7 +299,7 @@ def test_worker_killed_mid_file_fails_that_file_when_so_configured(fresh, refere
     with SpeechService(ServiceConfig(workers=2, on_crash="fail")) as svc:
         outcome, other_text = run_with_kill(svc, fresh)
         # The failed file's other segments are dropped, not left queued.
-        wait_until(lambda: not svc.in_progress() and not svc.pool.stats()["queued"])
+        wait_until(lambda: not svc.in_progress() and not svc.pool.snapshot().queued)
         assert svc.transcribe("after", fresh[2].pcm).text == other_reference  # serves on
     assert isinstance(outcome, TranscriptionFailed)
     assert "victim" in str(outcome) and "on_crash='fail'" in str(outcome)

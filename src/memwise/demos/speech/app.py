@@ -17,7 +17,9 @@ segment, in order per task (the partial texts joined are the final text), then
 "task", "error", "message"}``, and the connection stays usable; a task whose file failed
 gets the same with its id. A client that disconnects has its queued segments cancelled.
 
-``GET /healthz`` and ``GET /api/speech`` (configuration, memory plan, tasks in progress).
+``GET /api/speech``: configuration, memory plan, tasks in progress. Beside these, the pool's
+own dashboard (``/``), ``/metrics`` (Prometheus), ``/api/snapshot`` and ``/healthz`` from
+:func:`memwise.server.create_app`.
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from memwise.demos.speech.audio import CHANNELS, SAMPLE_RATE, read_wav
 from memwise.demos.speech.segments import SegmentResult, owned_words
 from memwise.demos.speech.service import FileJob, SpeechService
 from memwise.errors import InvalidAudio, MemwiseError, ProtocolError, TranscriptionFailed
+from memwise.server import create_app
 
 MiB = 1024 * 1024
 MAX_MESSAGE_BYTES = 1 * MiB  # one WebSocket frame: about 30 s of audio
@@ -56,10 +59,6 @@ def create_speech_app(service: SpeechService) -> Starlette:
     async def stream(websocket: WebSocket) -> None:
         await _Connection(service, websocket).run()
 
-    async def healthz(_: Request) -> JSONResponse:
-        ok = not service.closing
-        return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
-
     async def status(_: Request) -> JSONResponse:
         return JSONResponse(
             {
@@ -68,7 +67,7 @@ def create_speech_app(service: SpeechService) -> Starlette:
                 "on_crash": service.config.on_crash,
                 "memory": {**asdict(service.memory), "needed": service.memory.needed},
                 "in_progress": service.in_progress(),
-                "pool": {k: v for k, v in service.pool.stats().items() if k != "slots"},
+                "pool": service.pool.snapshot().to_dict(),
             }
         )
 
@@ -76,8 +75,9 @@ def create_speech_app(service: SpeechService) -> Starlette:
         routes=[
             Route("/transcribe", transcribe, methods=["POST"]),
             WebSocketRoute("/stream", stream),
-            Route("/healthz", healthz),
             Route("/api/speech", status),
+            # Everything else: the pool's dashboard (/), /metrics, /api/snapshot, /healthz.
+            Mount("/", app=create_app(service.pool)),
         ]
     )
 

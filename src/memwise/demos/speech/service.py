@@ -51,6 +51,7 @@ from memwise.demos.speech.segments import (
 from memwise.errors import InvalidAudio, ProtocolError, TranscriptionFailed, WorkerCrashed
 from memwise.memory import parse_size, system
 from memwise.pool.api import WorkerPool
+from memwise.pool.stats import key_repr
 
 OnCrash = Literal["rerun", "fail"]
 Source = Literal["mic", "file"]
@@ -247,7 +248,7 @@ class SpeechService:
             init_timeout=config.init_timeout,
         ) as probe:
             probe.submit(recognizer.recognize, Segment(0, 0.0, bytes(SAMPLE_RATE), True)).result()
-            per_worker = probe.stats()["slots"][0]["private"] or 0
+            per_worker = probe.snapshot().workers[0].private or 0
         available = system().available
         if config.memory_limit is not None:
             available = min(available, parse_size(config.memory_limit))
@@ -309,9 +310,10 @@ class SpeechService:
 
     def lane_pid(self, task_id: str) -> int | None:
         """The pid of the worker busy with ``task_id`` now, if any."""
-        for slot in self.pool.stats()["slots"]:
-            if slot["state"] == "busy" and slot["key"] == task_id:
-                return int(slot["pid"])
+        key = key_repr(task_id)
+        for worker in self.pool.snapshot().workers:
+            if worker.state == "busy" and worker.task is not None and worker.task.key == key:
+                return worker.pid
         return None
 
     def in_progress(self) -> list[str]:
