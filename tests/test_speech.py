@@ -29,6 +29,7 @@ from memwise.errors import (
     TranscriptionFailed,
     WorkerInitError,
 )
+from memwise.pool.queue import slot_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -96,6 +97,34 @@ def test_concurrent_files_are_transcribed_in_order_on_one_worker_each(service, f
         pairs.append((clip.text, job.transcript(results).text))
     assert corpus_error_rate(pairs) <= MAX_WER, pairs
     assert service.in_progress() == []
+
+
+def test_resize_moves_only_the_keys_of_the_new_lane_and_none_in_progress(service, fresh):
+    keys = [f"file-{i}" for i in range(12)]
+    second = fresh[0].pcm[: audio.SAMPLE_RATE * audio.SAMPLE_WIDTH]
+
+    def lanes():
+        pids = {key: service.transcribe(key, second).segments[0].pid for key in keys}
+        lane_of = {w.pid: w.lane for w in service.pool.snapshot().workers}
+        return {key: lane_of[pid] for key, pid in pids.items()}
+
+    before = lanes()
+    assert before == {key: slot_for(key, 2) for key in keys}
+    in_progress = service.open("in-progress")
+    in_progress.feed(fresh[1].pcm)
+    in_progress.finish()
+    service.resize(3)
+    wait_until(lambda: [w.state for w in service.pool.snapshot().workers].count("starting") == 0)
+    after = lanes()
+    try:
+        results = list(in_progress.results(WAIT))
+        assert len({r.pid for r in results}) == 1  # its segments never changed worker
+        moved = {key for key in keys if after[key] != before[key]}
+        assert moved and all(after[key] == 2 for key in moved)  # only to the new lane
+        assert after == {key: slot_for(key, 3) for key in keys}
+    finally:
+        service.resize(2)
+        wait_until(lambda: len([w for w in service.pool.snapshot().workers if w.pid]) == 2)
 
 
 def test_unknown_mode_and_duplicate_task_are_refused(service):

@@ -308,6 +308,21 @@ class SpeechService:
             raise
         return job.transcript(list(job.results()))
 
+    def resize(self, workers: int, *, check: bool = True) -> None:
+        """Change the number of recognizers while serving. Growing is checked against the
+        available memory like the start-up configuration (``check=False`` skips that). Files
+        in progress keep their worker and their order: a key only moves while it has no
+        segment queued or running, and about ``1/workers`` of the keys move at all."""
+        if check and workers > self.pool.workers:
+            plan = memcheck.MemoryPlan(
+                workers - self.pool.workers,
+                self.memory.per_worker,
+                parse_size(self.config.headroom),
+                system().available,
+            )
+            memcheck.check(plan, self.config.memory_check)
+        self.pool.resize(workers)
+
     def lane_pid(self, task_id: str) -> int | None:
         """The pid of the worker busy with ``task_id`` now, if any."""
         key = key_repr(task_id)
