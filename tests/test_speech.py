@@ -4,21 +4,19 @@ espeak-ng, behind the service and its HTTP/WebSocket API on the loopback interfa
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import threading
 import time
 
 import httpx
-import psutil
 import pytest
 from websockets.sync.client import connect
 
 from memwise.demos.speech import audio
 from memwise.demos.speech.accuracy import corpus_error_rate
 from memwise.demos.speech.app import MAX_MESSAGE_BYTES
-from memwise.demos.speech.recognizer import RecognizerConfig
+from memwise.demos.speech.batch import kill_mid_file
+from memwise.demos.speech.recognizer import RecognizerConfig, recognize
 from memwise.demos.speech.segments import split
 from memwise.demos.speech.serve import serving
 from memwise.demos.speech.service import ServiceConfig, SpeechService
@@ -99,12 +97,26 @@ def test_concurrent_files_are_transcribed_in_order_on_one_worker_each(service, f
     assert service.in_progress() == []
 
 
+def test_files_are_spread_evenly_over_the_workers(service, fresh):
+    jobs = [service.open(f"even-{i}") for i in range(4)]
+    for job in jobs:
+        job.feed(fresh[0].pcm)
+        job.finish()
+    pids = [{r.pid for r in job.results(WAIT)} for job in jobs]
+    assert all(len(p) == 1 for p in pids)
+    assert sorted(job.lane for job in jobs) == [0, 0, 1, 1]
+    assert len(set.union(*pids)) == 2
+
+
 def test_resize_moves_only_the_keys_of_the_new_lane_and_none_in_progress(service, fresh):
     keys = [f"file-{i}" for i in range(12)]
-    second = fresh[0].pcm[: audio.SAMPLE_RATE * audio.SAMPLE_WIDTH]
+    second = split(fresh[0].pcm[: audio.SAMPLE_RATE * audio.SAMPLE_WIDTH])[0]
 
     def lanes():
-        pids = {key: service.transcribe(key, second).segments[0].pid for key in keys}
+        pids = {
+            key: service.pool.options(key=key).submit(recognize, second).result(WAIT).pid
+            for key in keys
+        }
         lane_of = {w.pid: w.lane for w in service.pool.snapshot().workers}
         return {key: lane_of[pid] for key, pid in pids.items()}
 
@@ -263,24 +275,6 @@ def test_microphone_audio_overtakes_queued_batch_files(fresh):
     # Submitted last, finished before the batch files' last segments (a worker may already
     # hold a segment or two sent ahead, so "before the last" is the bound).
     assert done["mic"] < done["batch-1"] and done["mic"] < done["batch-2"]
-
-
-def kill_mid_file(service, job, stop):
-    """SIGKILL the worker of ``job`` while it is inside a recognition (its CPU time grows)."""
-    while not stop.is_set():
-        pid = service.lane_pid(job.task_id)
-        if pid is not None and job.futures[0].done():
-            try:
-                process = psutil.Process(pid)
-                used = sum(process.cpu_times()[:2])
-                time.sleep(0.05)
-                if sum(process.cpu_times()[:2]) > used and service.lane_pid(job.task_id) == pid:
-                    os.kill(pid, signal.SIGKILL)
-                    return pid
-            except psutil.NoSuchProcess:
-                pass
-        time.sleep(0.01)
-    return None
 
 
 @pytest.fixture(scope="module")

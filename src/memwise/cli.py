@@ -201,3 +201,9 @@ def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def serve_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """The server: idle memory, /api/snapshot rate and p99, SSE fan-out CPU, dashboard cost."""
     _run_benchmark("serve", as_json, quick=quick)
+
+
+@bench_app.command()
+def speech(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 004: recognizer throughput 1 vs 2 workers, memory ratio, RTF, a worker killed."""
+    _run_benchmark("speech", as_json, quick=quick)
