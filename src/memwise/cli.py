@@ -225,3 +225,9 @@ def chaos(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 def data(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """memwise.data against strax 2.2.3 on one waveform chain: cold, reload, peak memory."""
     _run_benchmark("data", as_json, quick=quick)
+
+
+@bench_app.command()
+def speech(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 004: recognizer throughput 1 vs 2 workers, memory ratio, RTF, a worker killed."""
+    _run_benchmark("speech", as_json, quick=quick)
