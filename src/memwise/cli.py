@@ -198,9 +198,15 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 
 
 @bench_app.command()
-def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+def isolation(
+    as_json: JsonOption = False,
+    quick: QuickOption = False,
+    soak: Annotated[
+        bool, typer.Option("--soak", help="The seed's plan: 100 switches over 3 images.")
+    ] = False,
+) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
-    _run_benchmark("isolation", as_json, quick=quick)
+    _run_benchmark("isolation", as_json, quick=quick, soak=soak)
 
 
 @bench_app.command("serve")
