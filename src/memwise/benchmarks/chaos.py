@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from memwise.benchmarks import _faults
+from memwise.benchmarks._harness import Target
 from memwise.errors import TaskTimeout, WorkerCrashed
 from memwise.memory import private_memory
 
@@ -424,7 +425,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {"benchmark": "chaos", "results": results, "targets": targets}
 
 
-def _target(value: float, target: str, met: bool) -> dict[str, Any]:
+def _target(value: float, target: str, met: bool) -> Target:
     return {"value": value, "target": target, "met": bool(met)}
 
 
