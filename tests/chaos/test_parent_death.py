@@ -33,7 +33,6 @@ def descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.parametrize("phase", ["startup", "dispatch", "handover"])
 def test_workers_end_and_segments_are_swept_after_the_parent_is_killed(tmp_path, phase):
     marker = tmp_path / "reached"
-    before = memwise_segments()
     held: set[str] = set()
     program = subprocess.Popen([sys.executable, str(HERE / "_parent.py"), phase, str(marker)])
     try:
