@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import selectors
 import threading
 import time
@@ -97,6 +98,8 @@ SPARE = -1  # the lane number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 PEAK_DECAY = 0.9  # per task, of a function's learned peak
 DIRECT_BYTES = 1 << 20  # largest payload a submitting thread writes to a worker itself
+# What multiprocessing raises when it cannot pickle a new process's arguments.
+_START_PICKLING_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class PoolConfig:
     max_workers: int
     min_workers: int
     init_payload: bytes | None
+    # initargs only a starting process may receive (multiprocessing queues, locks, events):
+    # handed to each worker as multiprocessing starts it, as ProcessPoolExecutor does.
+    start_initargs: tuple[Any, ...] | None
     init_timeout: float
     retries: int
     start_method: str | None
@@ -185,6 +191,7 @@ class Supervisor:
         swept = sweep_orphans()  # shared memory left by a pool whose process was killed
         if swept:
             logger.info("removed %d shared-memory segment(s) of dead processes", len(swept))
+        _oob.pool_opened()
         self._thread.start()
         self.started.wait()
         if self.startup_error is not None:
@@ -466,6 +473,11 @@ class Supervisor:
     def _try_start(self, lane: int) -> bool:
         try:
             self._start_worker(lane)
+        except SerializationError as exc:  # would fail for every worker: the pool cannot work
+            if not self.started.is_set():
+                self.startup_error = exc
+            self.break_pool(exc, cause=exc.__cause__)
+            return False
         except OSError as exc:
             error = WorkerInitError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
@@ -513,11 +525,19 @@ class Supervisor:
         ledger = Ledger(self._ctx)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_module.main,
-            args=(child_conn, alive_r, ledger),
+            args=(child_conn, alive_r, ledger, self.config.start_initargs),
             name=f"memwise-worker-{lane}",
         )
         try:
             process.start()
+        except _START_PICKLING_FAILURES as exc:
+            conn.close()
+            alive_w.close()
+            raise SerializationError(
+                f"could not hand the initializer's arguments to a new worker: {exc!r}; pass "
+                "picklable values, and multiprocessing queues, locks or events made by the "
+                "pool's start method (multiprocessing.get_context(...).Queue())"
+            ) from exc
         finally:
             child_conn.close()
             alive_r.close()
@@ -841,4 +861,5 @@ class Supervisor:
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        _oob.pool_closed()
         self.started.set()

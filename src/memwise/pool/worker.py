@@ -115,14 +115,16 @@ def _send(channel: _channel.Channel, message: Any) -> None:
     channel.send(encode(message))
 
 
-def _initialize(conn: _channel.Channel, payload: bytes | None) -> bool:
+def _initialize(
+    conn: _channel.Channel, payload: bytes | None, start_initargs: tuple[Any, ...] | None
+) -> bool:
     if context.main_failure is not None:  # the forkserver could not import the main script
         _send(conn, InitError(context.main_failure, "importing the main script"))
         return False
     try:
         if payload is not None:
             initializer, initargs = _wire.loads(payload, "the initializer")
-            initializer(*initargs)
+            initializer(*(initargs if start_initargs is None else start_initargs))
     except BaseException as exc:
         _send(conn, InitError(_wire.dump_exception(exc), "running the initializer"))
         return False
@@ -173,8 +175,10 @@ def _after_task(options: InitOptions) -> int | None:
     return None
 
 
-def main(conn: Any, alive: Any, ledger: Ledger) -> None:
-    """Entry point of a worker process."""
+def main(
+    conn: Any, alive: Any, ledger: Ledger, start_initargs: tuple[Any, ...] | None = None
+) -> None:
+    """Entry point of a worker process (``start_initargs``: see ``PoolConfig``)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(alive)
@@ -183,7 +187,7 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
     while not inbox:
         inbox.extend(channel.receive())
     init = decode(inbox.popleft())
-    if not isinstance(init, Init) or not _initialize(channel, init.initializer):
+    if not isinstance(init, Init) or not _initialize(channel, init.initializer, start_initargs):
         sys.exit(EXIT_INIT_FAILED)
     options = init.options
     slots = _oob.WorkerSlots(options.owner, options.shm_threshold)
