@@ -74,7 +74,7 @@ class Sizes:
 
 FULL = Sizes(chunks=24, records_per_chunk=20_000)  # about 115 MB of raw records
 QUICK = Sizes(chunks=8, records_per_chunk=20_000)  # about 38 MB
-WARM = Sizes(chunks=1, records_per_chunk=2_000)
+WARM = Sizes(chunks=2, records_per_chunk=2_000)  # a chunk for each worker
 
 
 class DataResult(BenchResult):
