@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 SCENARIOS: dict[str, str] = {
     "photos": "memwise.demos.photos",
     "preview": "memwise.demos.preview",
+    "speech": "memwise.demos.speech",
 }
 
 
