@@ -44,7 +44,7 @@ class Streamed:
 
 
 def run(*, short: bool, console: Console) -> Scenario:
-    digits = audio.shipped("digits")[: 4 if short else None]
+    digits = audio.shipped("digits")[: 3 if short else None]
     sentences = audio.shipped("sentence")[: 1 if short else None]
     config = ServiceConfig(workers=2, recognizer=RecognizerConfig(modes=("grammar", "lm")))
     started = time.perf_counter()
