@@ -10,7 +10,7 @@ import pytest
 import _policy_tasks
 from _tasks import WAIT, is_gone, read_pid, wait_until, write_atomic
 from memwise import WorkerPool
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,12 +34,12 @@ def test_keys_that_move_are_exactly_those_rendezvous_hashing_predicts():
     with WorkerPool(2) as pool:
         pool.subscribe(events.append)
         before = lane_of_each_key(pool, KEYS)
-        assert before == {key: slot_for(key, 2) for key in KEYS}
+        assert before == {key: lane_for(key, 2) for key in KEYS}
         pool.resize(3)
         assert pool.workers == 3
         assert wait_until(lambda: all(row.pid for row in pool.snapshot().workers))
         after = lane_of_each_key(pool, KEYS)
-        assert after == {key: slot_for(key, 3) for key in KEYS}
+        assert after == {key: lane_for(key, 3) for key in KEYS}
         moved = {key for key in KEYS if after[key] != before[key]}
         # Rendezvous hashing: a key moves only to the new lane, and some do.
         assert moved and all(after[key] == 2 for key in moved)
@@ -53,9 +53,9 @@ def test_keys_that_move_are_exactly_those_rendezvous_hashing_predicts():
 
 def test_a_key_with_queued_tasks_does_not_move_and_keeps_its_order(tmp_path):
     # A key whose lane changes from 2 lanes to 3.
-    key = next(k for k in KEYS if slot_for(k, 2) != slot_for(k, 3))
+    key = next(k for k in KEYS if lane_for(k, 2) != lane_for(k, 3))
     with WorkerPool(2) as pool:
-        old_lane = slot_for(key, 2)
+        old_lane = lane_for(key, 2)
         blocker = pool.options(key=key).submit(
             _policy_tasks.block, tmp_path / "pid", tmp_path / "go"
         )
@@ -75,12 +75,12 @@ def test_a_key_with_queued_tasks_does_not_move_and_keeps_its_order(tmp_path):
         # Once every task of the key is done, its next one goes where the hash says.
         assert wait_until(lambda: lane_pids(pool)[2] is not None)
         _, _, pid, _ = pool.options(key=key).submit(_policy_tasks.keyed, key, 10).result(WAIT)
-        assert pid == lane_pids(pool)[slot_for(key, 3)] != old_pid
+        assert pid == lane_pids(pool)[lane_for(key, 3)] != old_pid
 
 
 def test_shrinking_busy_lanes_loses_nothing_and_retires_their_workers(tmp_path):
     # Keys on every lane of 3, the lanes blocked; shrink to 1 with work queued everywhere.
-    keys = {slot_for(k, 3): k for k in KEYS}
+    keys = {lane_for(k, 3): k for k in KEYS}
     assert sorted(keys) == [0, 1, 2]
     with WorkerPool(3) as pool:
         pids = lane_pids(pool)

@@ -17,7 +17,7 @@ from _policy_tasks import WAIT
 from _tasks import raise_value_error, read_pid, wait_until, write_atomic
 from memwise import WorkerPool
 from memwise.pool.policies import Recycle
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 from memwise.pool.snapshot import DURATION_BUCKETS
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,9 +49,9 @@ def test_snapshot_of_a_fresh_pool():
 
 def test_snapshot_while_busy_and_after(tmp_path):
     key = "clip-1"
-    slot = slot_for(key, 2)
+    lane = lane_for(key, 2)
     with WorkerPool(2, recycle=Recycle(tasks=3)) as pool:
-        first_pid = pool.snapshot().workers[slot].pid
+        first_pid = pool.snapshot().workers[lane].pid
         blocker = pool.options(key=key).submit(
             _policy_tasks.block, tmp_path / "pid", tmp_path / "go"
         )
@@ -69,11 +69,11 @@ def test_snapshot_while_busy_and_after(tmp_path):
     assert busy.submitted == 3
     assert busy.in_flight == 1
     assert busy.queued == 2
-    row = busy.workers[slot]
+    row = busy.workers[lane]
     assert (row.pid, row.state, row.key, row.queued) == (first_pid, "busy", repr(key), 2)
     assert row.task is not None and row.task.function.endswith("block")
     assert row.task.key == repr(key) and row.task.seconds >= 0
-    assert busy.workers[1 - slot].state == "idle"
+    assert busy.workers[1 - lane].state == "idle"
 
     assert after.submitted == 4
     assert (after.done, after.failed, after.cancelled) == (3, 1, 0)
@@ -83,12 +83,12 @@ def test_snapshot_while_busy_and_after(tmp_path):
     assert after.throughput > 0
     # The lane's first worker ran three tasks and was recycled; its successor ran one.
     assert after.recycles == {"tasks": 1}
-    row = after.workers[slot]
+    row = after.workers[lane]
     assert row.recycles == {"tasks": 1}
     assert row.pid != first_pid
     assert row.tasks_done == 1
     assert row.restarts == 0
-    assert after.workers[1 - slot].recycles == {}
+    assert after.workers[1 - lane].recycles == {}
 
 
 def test_snapshot_counts_cancelled_tasks(tmp_path):
@@ -104,7 +104,7 @@ def test_snapshot_counts_cancelled_tasks(tmp_path):
     assert (snapshot.submitted, snapshot.done, snapshot.cancelled) == (4, 2, 2)
 
 
-def test_snapshot_slot_key_is_the_key_of_the_last_task():
+def test_snapshot_lane_key_is_the_key_of_the_last_task():
     # A row's key is that of its worker's current task or, when idle, of its last one; calls
     # made one at a time reach idle workers directly from the submitting thread.
     with WorkerPool(1) as pool:

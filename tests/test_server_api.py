@@ -200,12 +200,8 @@ def test_create_app_rejects_nonsense_limits(shared_pool):
 def test_pipeline_stages_are_shown_and_exported(shared_pool):
     from memwise.pipeline import Pipeline
 
-    line = Pipeline(name="ingest").pipe(square, workers=1)
+    line = Pipeline(range(5), name="ingest").pipe(square, workers=1)
     with line, serving(shared_pool, pipelines=[line]) as url:
-        line.start()
-        for n in range(5):
-            line.put(n, timeout=30)
-        line.finish()
         assert list(line) == [n * n for n in range(5)]
         status, snap = get_json(url, "/api/snapshot")
         assert status == 200
@@ -217,3 +213,28 @@ def test_pipeline_stages_are_shown_and_exported(shared_pool):
         labels = (("pipeline", "ingest"), ("stage", "square"))
         assert samples[("memwise_stage_items_total", labels)] == 5
         assert ("memwise_stage_busy_ratio", labels) in samples
+
+
+def test_resizing_needs_the_token_even_on_loopback_and_checks_its_body():
+    with WorkerPool(1) as pool:
+        with serving(pool) as url:
+            status, body = get_json(url, "/api/resize", method="POST", body=b'{"workers": 2}')
+            assert status == 403 and "token" in body["error"]
+        auth = {"Authorization": "Bearer k3y", "Content-Type": "application/json"}
+        with serving(pool, token="k3y", max_body=256) as url:
+            assert get_json(url, "/api/resize", headers=auth)[0] == 405  # never a GET
+            for bad, status, words in (
+                (b"{not json", 400, "not JSON"),
+                (b'{"workers": "two"}', 400, "<int>"),
+                (b"[2]", 400, "<int>"),
+                (b'{"workers": 0}', 400, "between 1 and"),
+                (b'{"workers": 2, "pad": "' + b"x" * 300 + b'"}', 413, "256 bytes"),
+            ):
+                got, body = get_json(url, "/api/resize", method="POST", body=bad, headers=auth)
+                assert got == status and words in body["error"], (bad, got, body)
+            assert pool.snapshot().max_workers == 1
+            status, body = get_json(
+                url, "/api/resize", method="POST", body=b'{"workers": 2}', headers=auth
+            )
+            assert (status, body) == (200, {"workers": 2})
+            assert get_json(url, "/api/snapshot", headers=auth)[1]["max_workers"] == 2

@@ -13,7 +13,8 @@ import pytest
 from _http import get_json
 from _tasks import is_gone
 
-pytestmark = pytest.mark.timeout(60)
+# A safety net: two server processes start at once, slowly on a busy machine.
+pytestmark = pytest.mark.timeout(180)
 
 WAIT = 30.0
 
@@ -23,49 +24,64 @@ def memwise(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("memwise")), *args]
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
+def launch_server(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
         memwise("serve", "--port", "0", *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def url_of(process: subprocess.Popen) -> str:
     line = process.stdout.readline()  # "memwise serve: dashboard on <url> (Ctrl+C to stop)"
     if "dashboard on" not in line:
         process.kill()
         _, err = process.communicate(timeout=WAIT)
         raise AssertionError(f"memwise serve did not start: {line!r} {err}")
-    return process, line.split("dashboard on ", 1)[1].split()[0]
+    return line.split("dashboard on ", 1)[1].split()[0]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_serve_stops_cleanly_on_a_signal_with_every_worker_gone(stop):
-    process, url = start_server("--workers", "2", "--min-workers", "2", "--recycle-tasks", "1000")
+def wait_for_workers(url: str, count: int) -> list[int]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        status, snap = get_json(url, "/api/snapshot")
+        pids = [w["pid"] for w in snap["workers"] if w["pid"]]
+        if (status == 200 and len(pids) == count) or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def test_serve_stops_cleanly_on_sigterm_and_ctrl_c_with_every_worker_gone():
+    """Two servers at once (start-up is the slow part): one gets SIGTERM, one SIGINT."""
+    from typer.testing import CliRunner
+
+    from memwise.cli import app
+
+    processes = [launch_server("--workers", "2", "--recycle-tasks", "1000") for _ in range(2)]
+    servers = [(process, "") for process in processes]
     try:
-        deadline = time.monotonic() + WAIT
-        while True:
-            status, snap = get_json(url, "/api/snapshot")
-            pids = [w["pid"] for w in snap["workers"] if w["pid"]]
-            if len(pids) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert status == 200 and len(pids) == 2
-        if stop == signal.SIGTERM:
-            top = subprocess.run(
-                memwise("top", url, "--once"), capture_output=True, text=True, timeout=WAIT
-            )
-            assert top.returncode == 0, top.stderr
-            assert all(str(pid) in top.stdout for pid in pids)
-            assert "running" in top.stdout
-        process.send_signal(stop)
-        out, err = process.communicate(timeout=WAIT)
+        servers = [(process, url_of(process)) for process in processes]
+        pids = {}
+        for (_, url), stop in zip(servers, (signal.SIGTERM, signal.SIGINT), strict=True):
+            pids[stop] = wait_for_workers(url, 2)
+            assert len(pids[stop]) == 2
+        top = CliRunner().invoke(app, ["top", servers[0][1], "--once"])
+        assert top.exit_code == 0, top.output
+        assert all(str(pid) in top.output for pid in pids[signal.SIGTERM])
+        assert "running" in top.output
+        for (process, _), stop in zip(servers, pids, strict=True):
+            process.send_signal(stop)
+        outputs = [process.communicate(timeout=WAIT) for process, _ in servers]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
-    assert "every worker has exited" in out
-    assert all(is_gone(pid) for pid in pids)
+        for process, _ in servers:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for (process, _), (out, err) in zip(servers, outputs, strict=True):
+        assert process.returncode == 0, err
+        assert "every worker has exited" in out
+    assert all(is_gone(pid) for group in pids.values() for pid in group)
 
 
 def test_serve_refuses_a_public_address_without_a_token(monkeypatch):

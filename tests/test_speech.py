@@ -27,7 +27,7 @@ from memwise.errors import (
     TranscriptionFailed,
     WorkerInitError,
 )
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -121,7 +121,7 @@ def test_resize_moves_only_the_keys_of_the_new_lane_and_none_in_progress(service
         return {key: lane_of[pid] for key, pid in pids.items()}
 
     before = lanes()
-    assert before == {key: slot_for(key, 2) for key in keys}
+    assert before == {key: lane_for(key, 2) for key in keys}
     in_progress = service.open("in-progress")
     in_progress.feed(fresh[1].pcm)
     in_progress.finish()
@@ -133,7 +133,7 @@ def test_resize_moves_only_the_keys_of_the_new_lane_and_none_in_progress(service
         assert len({r.pid for r in results}) == 1  # its segments never changed worker
         moved = {key for key in keys if after[key] != before[key]}
         assert moved and all(after[key] == 2 for key in moved)  # only to the new lane
-        assert after == {key: slot_for(key, 3) for key in keys}
+        assert after == {key: lane_for(key, 3) for key in keys}
     finally:
         service.resize(2)
         wait_until(lambda: len([w for w in service.pool.snapshot().workers if w.pid]) == 2)

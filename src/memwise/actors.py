@@ -153,8 +153,9 @@ class Actor:
     @property
     def idle_for(self) -> float:
         """Seconds since the last call finished; 0.0 while a call is queued or running."""
-        with self._lock:
-            return 0.0 if self._pending else time.monotonic() - self._last_active
+        # Without the lock, which a starting process holds for seconds: two plain reads.
+        pending, last_active = self._pending, self._last_active
+        return 0.0 if pending else time.monotonic() - last_active
 
     def options(self, *, timeout: float | None = _INHERIT) -> ActorCaller:
         """This actor with call options bound: ``actor.options(timeout=2).call("f", x)``.
@@ -190,19 +191,22 @@ class Actor:
         latest: bool,
         timeout: float | None,
     ) -> Future[Any]:
+        # Busy from here on, so that Sessions' idle reaper leaves an actor whose process is
+        # still starting for this call alone.
+        with self._lock:
+            self._pending += 1
+            self._last_active = time.monotonic()
         try:
-            backend = self._started()
+            future = self._started().call(name, args, kwargs, latest, timeout)
         except (WorkerInitError, BrokenPool, SerializationError) as exc:
             # The constructor failed, its arguments cannot travel, or the process crashed
             # more than `restarts` times: every call fails with that, on its future.
-            failed: Future[Any] = Future()
-            failed.set_exception(exc)
-            return failed
-        self.touch()
-        with self._lock:
-            self._pending += 1
-        future = backend.call(name, args, kwargs, latest, timeout)
-        future.add_done_callback(self._finished)
+            future = Future()
+            future.set_exception(exc)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)  # at once if it is already done
         return future
 
     def touch(self) -> None:
@@ -210,7 +214,7 @@ class Actor:
         with self._lock:
             self._last_active = time.monotonic()
 
-    def _finished(self, _future: Future[Any]) -> None:
+    def _finished(self, _future: Future[Any] | None) -> None:
         with self._lock:
             self._pending -= 1
             self._last_active = time.monotonic()

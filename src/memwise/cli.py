@@ -185,6 +185,12 @@ def buffers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     _run_benchmark("buffers", as_json, quick=quick)
 
 
+@bench_app.command()
+def pipeline(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """3-stage frame inspection line: memwise pipeline vs serial, mp.Queue, pypeln, mpire, spdl."""
+    _run_benchmark("pipeline", as_json, quick=quick)
+
+
 @bench_app.command("import")
 def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Cost of `import memwise` over bare Python, and an idle worker's private memory."""
@@ -192,15 +198,39 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 
 
 @bench_app.command()
-def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+def isolation(
+    as_json: JsonOption = False,
+    quick: QuickOption = False,
+    soak: Annotated[
+        bool, typer.Option("--soak", help="The seed's plan: 100 switches over 3 images.")
+    ] = False,
+) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
-    _run_benchmark("isolation", as_json, quick=quick)
+    _run_benchmark("isolation", as_json, quick=quick, soak=soak)
 
 
 @bench_app.command("serve")
 def serve_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """The server: idle memory, /api/snapshot rate and p99, SSE fan-out CPU, dashboard cost."""
     _run_benchmark("serve", as_json, quick=quick)
+
+
+@bench_app.command()
+def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 001: the cover service's idle and peak memory, workers vs in-process renders."""
+    _run_benchmark("covers", as_json, quick=quick)
+
+
+@bench_app.command()
+def chaos(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Faults under load: kill storms, poison tasks, a soak; tasks lost, hangs, leaks, drift."""
+    _run_benchmark("chaos", as_json, quick=quick)
+
+
+@bench_app.command()
+def data(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """memwise.data against strax 2.2.3 on one waveform chain: cold, reload, peak memory."""
+    _run_benchmark("data", as_json, quick=quick)
 
 
 @bench_app.command()

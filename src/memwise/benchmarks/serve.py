@@ -84,7 +84,7 @@ def run(quick: bool = False) -> ServeResult:
         time.sleep(sizes.settle_s)  # let start-up garbage be collected and lazy imports settle
         results["idle"] = _idle_memory(process.pid)
     with _memwise_serve("--workers", "2") as (process, url):
-        results["snapshot_api"] = _snapshot_rate(url, sizes)
+        results["snapshot_api"] = _snapshot_rate(process.pid, url, sizes)
         results["fanout"] = _fanout(process.pid, url, sizes)
     results["dashboard_overhead"] = _dashboard_overhead(sizes)
     idle_mb = results["idle"]["server_rss_mb"]
@@ -168,7 +168,8 @@ def _idle_memory(pid: int) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def _snapshot_rate(url: str, sizes: Sizes, clients: int = 4) -> dict[str, float]:
+def _snapshot_rate(pid: int, url: str, sizes: Sizes, clients: int = 4) -> dict[str, float]:
+    server = psutil.Process(pid)
     host, port = _address(url)
     latencies: list[float] = []
     errors = 0
@@ -197,6 +198,7 @@ def _snapshot_rate(url: str, sizes: Sizes, clients: int = 4) -> dict[str, float]
                 latencies.extend(mine)
                 errors += failed
 
+    cpu_before = _cpu_seconds(server)
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
@@ -204,6 +206,7 @@ def _snapshot_rate(url: str, sizes: Sizes, clients: int = 4) -> dict[str, float]
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
+    cpu = _cpu_seconds(server) - cpu_before
     latencies.sort()
     return {
         "requests": float(len(latencies)),
@@ -211,6 +214,8 @@ def _snapshot_rate(url: str, sizes: Sizes, clients: int = 4) -> dict[str, float]
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        # What a request costs the server, whatever else the machine is doing.
+        "server_cpu_ms_per_request": 1000 * cpu / max(1, len(latencies)),
     }
 
 
@@ -234,9 +239,12 @@ def _fanout(pid: int, url: str, sizes: Sizes) -> dict[str, float]:
     stop = threading.Event()
     counts = [0] * FANOUT_CLIENTS
     sockets = []
+    refused = 0
     for _ in range(FANOUT_CLIENTS):
         sock = socket.create_connection(address, timeout=30)
         sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        if not sock.recv(1 << 16).startswith(b"HTTP/1.1 200"):
+            refused += 1
         sockets.append(sock)
 
     def read(index: int) -> None:
@@ -269,6 +277,7 @@ def _fanout(pid: int, url: str, sizes: Sizes) -> dict[str, float]:
         sock.close()
     return {
         "clients": float(FANOUT_CLIENTS),
+        "refused": float(refused),
         "server_cpu_percent": busy_percent,
         "server_cpu_percent_no_clients": idle_percent,
         "snapshots_per_client_per_s": received / FANOUT_CLIENTS / sizes.fanout_s,
@@ -363,12 +372,14 @@ def print_table(result: ServeResult, console: Console | None = None) -> None:
         ),
         ("/api/snapshot requests/s (4 keep-alive clients)", f"{api['requests_per_s']:,.0f}"),
         ("/api/snapshot latency p50 / p99", f"{api['p50_ms']:.1f} / {api['p99_ms']:.1f} ms"),
+        ("/api/snapshot server CPU per request", f"{api['server_cpu_ms_per_request']:.2f} ms"),
         ("/api/snapshot errors", f"{api['errors']:.0f} of {api['requests']:.0f}"),
         (
             f"server CPU, {fan['clients']:.0f} event streams at 2 Hz",
             f"{fan['server_cpu_percent']:.1f} %",
         ),
         ("server CPU, no client", f"{fan['server_cpu_percent_no_clients']:.1f} %"),
+        ("event streams refused", f"{fan['refused']:.0f}"),
         ("snapshots per client per second", f"{fan['snapshots_per_client_per_s']:.2f}"),
         ("no-op submit rate, no dashboard", f"{dash['plain_tasks_per_s']:,.0f} /s"),
         ("no-op submit rate, dashboard streaming", f"{dash['with_dashboard_tasks_per_s']:,.0f} /s"),

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 SCENARIOS: dict[str, str] = {
     "photos": "memwise.demos.photos",
     "preview": "memwise.demos.preview",
+    "covers": "memwise.demos.covers",
+    "vision": "memwise.demos.vision",
+    "waveforms": "memwise.demos.waveforms",
     "speech": "memwise.demos.speech",
 }
 

@@ -56,7 +56,7 @@ class WorkerPool(Executor):
     """A pool of supervised worker processes.
 
     Args:
-        workers: the number of worker slots, i.e. the most processes at once (default: the
+        workers: the number of worker lanes, i.e. the most processes at once (default: the
             number of usable CPUs). ``max_workers`` is a synonym.
         min_workers: processes kept alive even when idle (default: all of them). With fewer,
             workers start on demand and, with ``Recycle(idle=...)``, idle ones above the
@@ -118,9 +118,9 @@ class WorkerPool(Executor):
             raise ValueError(f"min_workers must be between 0 and {workers}, got {min_workers}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        init_payload = None
+        init_payload, start_initargs = None, None
         if initializer is not None:
-            init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
+            init_payload, start_initargs = _pickle_initializer(initializer, initargs)
         self._timeout = timeout
         self._budget = budget
         self._shm_threshold = parse_size(shm_threshold)
@@ -130,6 +130,7 @@ class WorkerPool(Executor):
                 max_workers=workers,
                 min_workers=min_workers,
                 init_payload=init_payload,
+                start_initargs=start_initargs,
                 init_timeout=init_timeout,
                 retries=retries,
                 start_method=start_method,
@@ -372,6 +373,22 @@ def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterat
     finally:
         for future in futures:
             future.cancel()
+
+
+def _pickle_initializer(
+    initializer: Callable[..., Any], initargs: tuple[Any, ...]
+) -> tuple[bytes, tuple[Any, ...] | None]:
+    """The initializer for the READY handshake, and the initargs to hand over at start, if any.
+
+    Usually both travel in the handshake (by value if need be, like any call). Multiprocessing
+    queues, locks, events and the like refuse that ("should only be shared between processes
+    through inheritance"): those initargs go to each worker as multiprocessing starts it,
+    which is how ProcessPoolExecutor passes them.
+    """
+    try:
+        return _wire.dumps((initializer, initargs), "the initializer", calls=True), None
+    except SerializationError:
+        return _wire.dumps((initializer, ()), "the initializer", calls=True), tuple(initargs)
 
 
 def _usable_cpus() -> int:

@@ -12,14 +12,13 @@
   the pool is broken, and every pending future fails with one ``BrokenPool``, rather than the
   pool respawning forever.
 
-Replacements are not started here: the supervisor's loop starts a worker in every slot that
+Replacements are not started here: the supervisor's loop starts a worker in every lane that
 needs one, whatever emptied it.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from memwise.errors import (
     WorkerInitError,
 )
 from memwise.memory import format_size
+from memwise.pool._protocol import decode
 from memwise.pool.context import EXIT_MISSING_MAIN_GUARD, main_script, missing_guard_message
 from memwise.pool.handle import State, Worker, describe_exit
 
@@ -48,7 +48,7 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
     """The worker's process sentinel fired: it has exited."""
     sup.reclaim_lent_workers()  # take lent workers back before re-queueing or closing anything
     for data in worker.channel.drain():  # results sent just before dying still count
-        sup.on_message(worker, pickle.loads(data))
+        sup.on_message(worker, decode(data))
     worker.process.join(1.0)
     exitcode = worker.process.exitcode
     # However it ended: its loans end, and the slots it held (warm ones given back to it for
@@ -62,7 +62,7 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
     if worker.state is State.STARTING:
         _on_start_failure(sup, worker, exitcode)
         return
-    sup.tally.died(worker.slot)
+    sup.tally.died(worker.lane)
     _report_death(sup, worker, exitcode)
     if worker.outstanding:
         _on_task_death(sup, worker, exitcode)
@@ -87,16 +87,16 @@ def _report_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None
     logger.warning(
         "worker pid %d in lane %d %s with %s%s; a replacement starts",
         worker.pid,
-        worker.slot,
+        worker.lane,
         "was killed" if worker.kill_reason else "died",
         describe_exit(exitcode),
         "" if running is None else f" while running {running}",
-        extra={"pid": worker.pid, "lane": worker.slot, "exitcode": exitcode},
+        extra={"pid": worker.pid, "lane": worker.lane, "exitcode": exitcode},
     )
-    sup.lane_vacated[worker.slot] = reason
+    sup.lane_vacated[worker.lane] = reason
     sup.event(
         "worker_died",
-        lane=worker.slot,
+        lane=worker.lane,
         pid=worker.pid,
         exitcode=exitcode,
         task_id=None if running is None else running.id,

@@ -19,13 +19,13 @@ Idle workers are then lent to submitting threads for the direct path (see
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from memwise import _oob, _wire
+from memwise import _oob
+from memwise.pool._protocol import Run, TaskEntry, encode
 from memwise.pool.handle import State, Worker
 from memwise.pool.stats import key_repr
 from memwise.pool.task import Task
@@ -89,7 +89,7 @@ def dispatch(sup: Supervisor) -> None:
         with sup.lock:
             lanes = sup.lanes.count
             sup.idle = {
-                w.slot: w for w in ready if not w.outstanding and not w.retiring and w.slot < lanes
+                w.lane: w for w in ready if not w.outstanding and not w.retiring and w.lane < lanes
             }
 
 
@@ -103,14 +103,14 @@ def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
 
 def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
     busy = bool(worker.outstanding or batch)
-    general = worker.slot < sup.lanes.count  # a draining lane runs only its pinned keys
+    general = worker.lane < sup.lanes.count  # a draining lane runs only its pinned keys
     while True:
-        keyed, key = sup.queue.peek_key(worker.slot, general)
+        keyed, key = sup.queue.peek_key(worker.lane, general)
         if keyed and key_change(sup, worker, key, batch):
             if not busy:
                 sup.retire(worker, "key")
             return None
-        task = sup.queue.pop_for(worker.slot, general)
+        task = sup.queue.pop_for(worker.lane, general)
         if task is None:
             return None
         if busy and not _pipelinable(task, worker, batch):
@@ -179,14 +179,9 @@ def key_change(sup: Supervisor, worker: Worker, key: Hashable, batch: Sequence[T
 def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
     if not worker.outstanding:
         worker.busy_since = time.monotonic()
-    message = (
-        "run",
-        [t.entry(worker.pid) for t in batch],
-        restock(worker),
-        worker.epoch,
-    )
+    message = run_message(worker, batch)
     try:
-        worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
+        worker.channel.send(message)
     except OSError:
         # The worker died before it could read: nothing ran, so nothing counts as tried.
         for task in batch:
@@ -202,6 +197,12 @@ def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
     keys = [t.key for t in batch if t.key is not None]
     if keys:
         worker.last_key = keys[-1]
+
+
+def run_message(worker: Worker, batch: list[Task]) -> bytes:
+    """The one place a Run is built: ``batch`` for ``worker``, lending it their slots."""
+    entries = [TaskEntry(t.id, t.payload, t.lend_slots(worker.pid)) for t in batch]
+    return encode(Run(entries, restock(worker), worker.epoch))
 
 
 def restock(worker: Worker) -> tuple[Any, ...]:

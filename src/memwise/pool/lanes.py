@@ -1,7 +1,7 @@
 """A pool's lanes: how many there are, and the lane each task key runs in.
 
 A lane is a place for one worker process; it keeps its number across restarts. A keyed task
-runs in the lane that rendezvous hashing (:func:`memwise.pool.queue.slot_for`) gives its key,
+runs in the lane that rendezvous hashing (:func:`memwise.pool.queue.lane_for`) gives its key,
 so that when ``pool.resize(n)`` changes the number of lanes only about 1/n of the keys move.
 One rule beats the hash: a key never moves while one of its tasks is queued or running, or its
 tasks could run out of order in two lanes at once. So a key is *pinned* to its lane from the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 
 
 class Lanes:
@@ -35,7 +35,7 @@ class Lanes:
         with self._lock:
             pin = self._pins.get(key)
             if pin is None:
-                pin = self._pins[key] = [slot_for(key, self.count), 0]
+                pin = self._pins[key] = [lane_for(key, self.count), 0]
             pin[1] += 1
             return pin[0]
 

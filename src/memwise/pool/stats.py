@@ -128,10 +128,10 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
             rows.append(_worker_row(lane, worker, queued_per_lane.get(lane, 0), sup, now, wall))
         draining = [w for lane, w in sorted(sup.workers.items()) if lane >= lanes]
         for worker in draining:
-            queued = queued_per_lane.get(worker.slot, 0)
-            rows.append(_worker_row(worker.slot, worker, queued, sup, now, wall))
+            queued = queued_per_lane.get(worker.lane, 0)
+            rows.append(_worker_row(worker.lane, worker, queued, sup, now, wall))
         for worker in (*sup.retiring, *sup.spares):
-            rows.append(_worker_row(worker.slot, worker, 0, sup, now, wall))
+            rows.append(_worker_row(worker.lane, worker, 0, sup, now, wall))
         tally = sup.tally
         in_flight = sum(len(w.outstanding) for w in sup.everyone())
         if sup.broken is not None:

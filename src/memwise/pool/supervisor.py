@@ -34,6 +34,18 @@ from memwise.errors import (
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
+from memwise.pool._protocol import (
+    OK,
+    RAISED,
+    Done,
+    Init,
+    InitError,
+    InitOptions,
+    Ready,
+    Stop,
+    decode,
+    encode,
+)
 from memwise.pool.context import forget_main_hint, get_context
 from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
@@ -51,10 +63,12 @@ from memwise.shared._names import current_owner
 
 logger = logging.getLogger(__name__)
 
-SPARE = -1  # the slot number of spare workers
+SPARE = -1  # the lane number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 PEAK_DECAY = 0.9  # per task, of a function's learned peak
 DIRECT_BYTES = 1 << 20  # largest payload a submitting thread writes to a worker itself
+# What multiprocessing raises when it cannot pickle a new process's arguments.
+_START_PICKLING_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,9 @@ class PoolConfig:
     max_workers: int
     min_workers: int
     init_payload: bytes | None
+    # initargs only a starting process may receive (multiprocessing queues, locks, events):
+    # handed to each worker as multiprocessing starts it, as ProcessPoolExecutor does.
+    start_initargs: tuple[Any, ...] | None
     init_timeout: float
     retries: int
     start_method: str | None
@@ -80,7 +97,7 @@ class Supervisor:
         self._ctx = get_context(config.start_method)
         self.lock = threading.Lock()
         # Guarded by lock: what user threads hand over, and READY workers with nothing to do
-        # lent to submitting threads by slot (see _send_direct_locked).
+        # lent to submitting threads by lane (see _send_direct_locked).
         self.incoming: deque[Task] = deque()
         self.idle: dict[int, Worker] = {}
         # The newest queued task of each coalesce tag (latest wins).
@@ -98,7 +115,7 @@ class Supervisor:
         self.queue = TaskQueue()
         self.workers: dict[int, Worker] = {}
         self.retiring: list[Worker] = []
-        self.spares: list[Worker] = []  # processes started ahead, not yet in a slot (Recycle)
+        self.spares: list[Worker] = []  # processes started ahead, not yet in a lane (Recycle)
         self.failures: deque[float] = deque()
         self.service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
@@ -133,6 +150,7 @@ class Supervisor:
         swept = sweep_orphans()  # shared memory left by a pool whose process was killed
         if swept:
             logger.info("removed %d shared-memory segment(s) of dead processes", len(swept))
+        _oob.pool_opened()
         self._thread.start()
         self.started.wait()
         if self.startup_error is not None:
@@ -149,7 +167,7 @@ class Supervisor:
                 raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
             self.tally.submitted += 1
             if task.key is not None:
-                task.slot = self.lanes.route(task.key)
+                task.lane = self.lanes.route(task.key)
                 key = task.key
                 task.future.add_done_callback(lambda _: self._unpin(key))
             if self.events.subscriptions:  # before any other thread can see the task
@@ -189,14 +207,14 @@ class Supervisor:
         Skipping the hop to the supervisor thread halves the latency of a lone call, which is
         what interactive callers wait for.
         """
-        if task.slot is None:
+        if task.lane is None:
             worker = self.idle.pop(next(iter(self.idle)))
         else:
-            candidate = self.idle.get(task.slot)
+            candidate = self.idle.get(task.lane)
             if candidate is None or dispatch.key_change(self, candidate, task.key):
                 return False
-            worker = self.idle.pop(task.slot)
-        message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
+            worker = self.idle.pop(task.lane)
+        message = dispatch.run_message(worker, [task])
         task.claim()
         if self.events.subscriptions:
             task.announced = True
@@ -206,7 +224,7 @@ class Supervisor:
         if task.key is not None:
             worker.last_key = task.key
         try:
-            worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
+            worker.channel.send(message)
         except OSError:
             pass  # the worker died; the supervisor re-queues or fails the task with the others
         if task.timeout is not None or self.config.recycle.hard_memory is not None:
@@ -248,7 +266,7 @@ class Supervisor:
         if not self.events.subscriptions:
             return
         if worker is not None:
-            fields.update(lane=worker.slot, pid=worker.pid)
+            fields.update(lane=worker.lane, pid=worker.pid)
         self.events.emit(
             PoolEvent(kind, time.time(), task_id=task.id, function=task.label, **fields)
         )
@@ -371,30 +389,30 @@ class Supervisor:
     # ----- workers -----------------------------------------------------------------------
 
     def _ensure_workers(self) -> None:
-        """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
+        """Start workers where needed: the minimum, lanes with keyed work, spare capacity."""
         if self.broken is not None or (self.closing and not self.queue):
             return
         lanes = self.lanes.count
         if len(self.workers) == lanes and max(self.workers) < lanes and not self._wants_spare():
             return  # every lane is filled: the common case, on every turn of the loop
         # Lanes with keyed work include draining ones (see memwise.pool.lanes).
-        wanted = set(range(self.lanes.minimum)) | self.queue.waiting_slots()
+        wanted = set(range(self.lanes.minimum)) | self.queue.waiting_lanes()
         spare = sum(
             1
             for w in self.workers.values()
             if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
         )
         need = self.queue.general_count() - spare
-        for slot in range(lanes):
+        for lane in range(lanes):
             if need <= 0:
                 break
-            if slot not in self.workers and slot not in wanted:
-                wanted.add(slot)
+            if lane not in self.workers and lane not in wanted:
+                wanted.add(lane)
                 need -= 1
-        for slot in sorted(wanted - self.workers.keys()):
-            if self._promote_spare(slot):
+        for lane in sorted(wanted - self.workers.keys()):
+            if self._promote_spare(lane):
                 continue
-            if not self._try_start(slot):
+            if not self._try_start(lane):
                 return
         while self._wants_spare() and self._try_start(SPARE):
             pass
@@ -404,16 +422,21 @@ class Supervisor:
         lanes = self.lanes.count
         if not self.workers or max(self.workers) < lanes:
             return
-        waiting = self.queue.waiting_slots()
+        waiting = self.queue.waiting_lanes()
         for lane, worker in list(self.workers.items()):
             if lane < lanes or worker.outstanding or lane in waiting:
                 continue
             if not self.lanes.pinned(lane):
                 self.retire(worker, "resize")
 
-    def _try_start(self, slot: int) -> bool:
+    def _try_start(self, lane: int) -> bool:
         try:
-            self._start_worker(slot)
+            self._start_worker(lane)
+        except SerializationError as exc:  # would fail for every worker: the pool cannot work
+            if not self.started.is_set():
+                self.startup_error = exc
+            self.break_pool(exc, cause=exc.__cause__)
+            return False
         except OSError as exc:
             error = WorkerInitError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
@@ -435,47 +458,55 @@ class Supervisor:
             and (bool(self.queue) or any(w.outstanding for w in self.workers.values()))
         )
 
-    def _promote_spare(self, slot: int) -> bool:
+    def _promote_spare(self, lane: int) -> bool:
         for spare in self.spares:
             if spare.state is State.READY and spare.kill_reason is None:
                 self.spares.remove(spare)
-                spare.slot = slot
-                self.workers[slot] = spare
+                spare.lane = lane
+                self.workers[lane] = spare
                 self._replaced(spare)
                 return True
         return False
 
     def _replaced(self, worker: Worker) -> None:
         """``worker`` took a lane whose previous process went away."""
-        reason = self.lane_vacated.pop(worker.slot, None)
+        reason = self.lane_vacated.pop(worker.lane, None)
         if reason is not None:
-            self.event("worker_replaced", lane=worker.slot, pid=worker.pid, reason=reason)
+            self.event("worker_replaced", lane=worker.lane, pid=worker.pid, reason=reason)
 
     def everyone(self) -> list[Worker]:
-        """Every worker process alive: in slots, retiring, and spares."""
+        """Every worker process alive: in lanes, retiring, and spares."""
         return [*self.workers.values(), *self.retiring, *self.spares]
 
-    def _start_worker(self, slot: int) -> None:
+    def _start_worker(self, lane: int) -> None:
         conn, child_conn = self._ctx.Pipe(duplex=True)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
         ledger = Ledger(self._ctx)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_module.main,
-            args=(child_conn, alive_r, ledger),
-            name=f"memwise-worker-{slot}",
+            args=(child_conn, alive_r, ledger, self.config.start_initargs),
+            name=f"memwise-worker-{lane}",
         )
         try:
             process.start()
+        except _START_PICKLING_FAILURES as exc:
+            conn.close()
+            alive_w.close()
+            raise SerializationError(
+                f"could not hand the initializer's arguments to a new worker: {exc!r}; pass "
+                "picklable values, and multiprocessing queues, locks or events made by the "
+                "pool's start method (multiprocessing.get_context(...).Queue())"
+            ) from exc
         finally:
             child_conn.close()
             alive_r.close()
             forget_main_hint()
-        worker = Worker(slot, process, conn, alive_w, ledger)
-        self.event("worker_started", lane=slot, pid=worker.pid)
-        if slot == SPARE:
+        worker = Worker(lane, process, conn, alive_w, ledger)
+        self.event("worker_started", lane=lane, pid=worker.pid)
+        if lane == SPARE:
             self.spares.append(worker)
         else:
-            self.workers[slot] = worker
+            self.workers[lane] = worker
             self._replaced(worker)
         if self.config.budget is not None:
             self.config.budget.track(worker.pid)
@@ -483,35 +514,33 @@ class Supervisor:
         self._selector.register(
             process.sentinel, selectors.EVENT_READ, lambda: deaths.on_exit(self, worker)
         )
-        options = {
-            "report_memory": self.config.recycle.needs_memory_reports,
-            "trim": self.config.trim,
-            "owner": current_owner(),
-            "shm_threshold": self.config.shm_threshold,
-            "recycle": self.config.recycle,
-            "measure_peak": self.config.budget is not None and self.config.budget.learn,
-        }
+        options = InitOptions(
+            owner=current_owner(),
+            shm_threshold=self.config.shm_threshold,
+            recycle=self.config.recycle,
+            report_memory=self.config.recycle.needs_memory_reports,
+            trim=self.config.trim,
+            measure_peak=self.config.budget is not None and self.config.budget.learn,
+        )
         try:
-            worker.channel.send(
-                pickle.dumps(("init", self.config.init_payload, options), _wire.PROTOCOL)
-            )
+            worker.channel.send(encode(Init(self.config.init_payload, options)))
         except OSError:
             pass  # it died already; its sentinel will say how
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
-        self.tally.recycled(worker.slot, reason)
+        self.tally.recycled(worker.lane, reason)
         logger.info(
             "recycling worker pid %d in lane %d (%s); it finishes its tasks first",
             worker.pid,
-            worker.slot,
+            worker.lane,
             reason,
         )
-        self.event("worker_recycled", lane=worker.slot, pid=worker.pid, reason=reason)
-        self.lane_vacated[worker.slot] = reason
+        self.event("worker_recycled", lane=worker.lane, pid=worker.pid, reason=reason)
+        self.lane_vacated[worker.lane] = reason
         worker.retiring = True
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
+        if self.workers.get(worker.lane) is worker:
+            del self.workers[worker.lane]
         self.retiring.append(worker)
         if not worker.outstanding:
             self.stop(worker)
@@ -522,7 +551,7 @@ class Supervisor:
         worker.state = State.STOPPING
         worker.since = time.monotonic()
         try:
-            worker.channel.send(pickle.dumps(("stop",), _wire.PROTOCOL))
+            worker.channel.send(encode(Stop()))
         except OSError:
             pass
 
@@ -544,8 +573,8 @@ class Supervisor:
         worker.process.close()
         if self.config.budget is not None:
             self.config.budget.untrack(worker.pid)
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
+        if self.workers.get(worker.lane) is worker:
+            del self.workers[worker.lane]
         elif worker in self.retiring:
             self.retiring.remove(worker)
         elif worker in self.spares:
@@ -595,7 +624,7 @@ class Supervisor:
         if worker in self.spares:
             return idle
         # A fresh worker inside the minimum would only be replaced by another fresh one.
-        if idle is None or (worker.tasks_done == 0 and worker.slot < self.lanes.minimum):
+        if idle is None or (worker.tasks_done == 0 and worker.lane < self.lanes.minimum):
             return None
         return idle
 
@@ -634,16 +663,16 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 continue
             if worker.private > limit:
-                self.tally.recycled(worker.slot, "hard_memory")
+                self.tally.recycled(worker.lane, "hard_memory")
                 logger.info(
                     "killing worker pid %d in lane %d: private memory %d bytes is over the "
                     "hard limit of %d",
                     worker.pid,
-                    worker.slot,
+                    worker.lane,
                     worker.private,
                     limit,
                 )
-                self.event("worker_recycled", lane=worker.slot, pid=worker.pid, reason="memory")
+                self.event("worker_recycled", lane=worker.lane, pid=worker.pid, reason="memory")
                 self.kill(worker, "memory")
 
     # ----- messages ----------------------------------------------------------------------
@@ -661,25 +690,24 @@ class Supervisor:
                 pass
             return
         for data in messages:
-            self.on_message(worker, pickle.loads(data))
+            self.on_message(worker, decode(data))
 
-    def on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            self._on_done(worker, *message[1:])
-        elif kind == "ready":
+    def on_message(self, worker: Worker, message: Done | Ready | InitError) -> None:
+        if isinstance(message, Done):
+            self._on_done(worker, message)
+        elif isinstance(message, Ready):
             worker.state = State.READY
             worker.since = worker.idle_since = time.monotonic()
-            self.event("worker_ready", lane=worker.slot, pid=worker.pid)
+            self.event("worker_ready", lane=worker.lane, pid=worker.pid)
             self._check_started()
-        elif kind == "init_error":
-            cause = _wire.load_exception(message[1])
+        else:
+            cause = _wire.load_exception(message.error)
             if isinstance(cause, MissingMainGuard):
                 cause.__cause__ = None  # its message says all; the import's traceback is noise
                 worker.init_error = cause
                 return
             error = WorkerInitError(
-                f"a worker (pid {worker.pid}) failed {message[2]}: {type(cause).__name__}: "
+                f"a worker (pid {worker.pid}) failed {message.stage}: {type(cause).__name__}: "
                 f"{cause}; see the remote traceback above"
             )
             error.__cause__ = cause
@@ -690,34 +718,24 @@ class Supervisor:
         if ready >= self.lanes.minimum:
             self.started.set()
 
-    def _on_done(self, worker: Worker, task_id: int, *result: Any) -> None:
+    def _on_done(self, worker: Worker, done: Done) -> None:
         task = worker.outstanding.popleft()
-        assert task.id == task_id, "worker results arrived out of order"
+        assert task.id == done.task_id, "worker results arrived out of order"
         try:
-            self._finish(worker, task, *result)
+            self._finish(worker, task, done)
         except BaseException as exc:
             # The task has left every list break_pool looks at: fail it here, or it is lost.
             if not task.future.done():
                 task.future.set_exception(exc)
             raise
 
-    def _finish(
-        self,
-        worker: Worker,
-        task: Task,  # the rest: the worker's "done" message (see memwise.pool.worker)
-        status: int,
-        payload: bytes,
-        seconds: float,
-        gifts: tuple[Any, ...],
-        returns: list[Any],
-        private: int | None,
-        peak: int | None,
-    ) -> None:
+    def _finish(self, worker: Worker, task: Task, done: Done) -> None:
         task.release_memory()
-        _oob.returned(returns, worker.pid)
-        if peak is not None:
-            self._learn_peak(task, peak)
-        for gift in gifts:
+        _oob.returned(done.returns, worker.pid)
+        if done.peak is not None:
+            self._learn_peak(task, done.peak)
+        private, seconds = done.private, done.seconds
+        for gift in done.gifts:
             produced = worker.result_sizes
             produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, dispatch.RESTOCK_DEPTH)
         now = time.monotonic()
@@ -730,7 +748,7 @@ class Supervisor:
             seconds if self.service_time is None else 0.8 * self.service_time + 0.2 * seconds
         )
         self.failures.clear()
-        self._complete(worker, task, status, payload, gifts, seconds, now)
+        self._complete(worker, task, done, now)
         if not worker.retiring:
             reason = self.config.recycle.after_task(worker.tasks_done, private)
             if reason is not None:
@@ -745,31 +763,23 @@ class Supervisor:
         label = task.label
         self.peaks[label] = max(peak, int(self.peaks.get(label, 0) * PEAK_DECAY))
 
-    def _complete(
-        self,
-        worker: Worker,
-        task: Task,
-        status: int,
-        payload: bytes,
-        gifts: tuple[Any, ...],
-        seconds: float,
-        now: float,
-    ) -> None:
+    def _complete(self, worker: Worker, task: Task, done: Done, now: float) -> None:
+        status = done.status
         try:
-            if status == _worker_module.OK:
-                buffers = _oob.adopted(gifts)
-                value = _wire.loads(payload, lambda: f"the result of {task}", buffers)
+            if status == OK:
+                buffers = _oob.adopted(done.gifts)
+                value = _wire.loads(done.payload, lambda: f"the result of {task}", buffers)
             else:
-                error = _wire.load_exception(payload)
+                error = _wire.load_exception(done.payload)
         except (SerializationError, OSError, ValueError) as exc:
             # Unpicklable, or its result slots could not be mapped: this task fails alone.
-            status, error = _worker_module.RAISED, exc
+            status, error = RAISED, exc
         tally = self.tally
-        tally.ran(seconds, now)
-        if status == _worker_module.OK:
+        tally.ran(done.seconds, now)
+        if status == OK:
             tally.done += 1
             if self.events.subscriptions:
-                self.task_event("task_finished", task, worker, seconds=seconds)
+                self.task_event("task_finished", task, worker, seconds=done.seconds)
             self._results.append((task.future, value))
         else:
             tally.failed += 1
@@ -810,4 +820,5 @@ class Supervisor:
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        _oob.pool_closed()
         self.started.set()

@@ -8,9 +8,11 @@
                           ``?kinds=worker_died,task_failed`` keeps only those pool events
 ``GET /metrics``          Prometheus text format
 ``GET /healthz``          200 while the pool works, 503 with the reason once it does not
+``POST /api/resize``      ``{"workers": n}``: ``pool.resize(n)``; needs the token even on
+                          loopback, so a server started without one changes nothing
 ========================  ==================================================================
 
-No route changes anything or runs anything sent to it; every other method gets 405.
+Nothing sent to the server is ever run; any other method gets 405.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from memwise.errors import BrokenPool, ClosedError
 from memwise.observe.stages import Pipelines, named, stage_rows
 from memwise.pool.events import EventKind
 from memwise.server.broadcast import Broadcaster, TooManyClients
@@ -47,6 +50,8 @@ STATIC = {
     "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 HEALTHY_STATES = ("running",)
+# Upper bound of POST /api/resize: a typo must not start thousands of processes.
+MAX_WORKERS = 256
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 
 
@@ -56,7 +61,7 @@ def create_app(
     pipelines: Pipelines = (),
     token: str | None = None,
     allowed_hosts: Collection[str] | None = None,
-    max_clients: int = 32,
+    max_clients: int = 64,
     client_buffer: int = 256,
     interval: float = 0.5,
     max_body: int = 64 * 1024,
@@ -148,6 +153,28 @@ def create_app(
         reason = snap.broken_reason or f"the pool is {snap.state}"
         return JSONResponse({"status": "unavailable", "state": snap.state, "reason": reason}, 503)
 
+    async def resize(request: Request) -> Response:
+        if token is None:
+            return _error(
+                403,
+                "changing the pool needs a token, even on loopback: start the server with "
+                "--token (or create_app(token=...)) and send it",
+            )
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f'the body is not JSON ({exc}); send {{"workers": <int>}}')
+        workers = body.get("workers") if isinstance(body, dict) else None
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            return _error(400, f'send {{"workers": <int>}}, got {body!r:.200}')
+        if not 1 <= workers <= MAX_WORKERS:
+            return _error(400, f"workers must be between 1 and {MAX_WORKERS}, got {workers}")
+        try:
+            await run_in_threadpool(pool.resize, workers)
+        except (ClosedError, BrokenPool) as exc:
+            return _error(409, f"the pool cannot be resized: {exc}")
+        return JSONResponse({"workers": workers})
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
@@ -169,6 +196,7 @@ def create_app(
             Route("/api/events", events),
             Route("/metrics", metrics),
             Route("/healthz", healthz),
+            Route("/api/resize", resize, methods=["POST"]),
         ],
         middleware=[Middleware(Guard, token=token, allowed_hosts=hosts, max_body=max_body)],
         exception_handlers={HTTPException: http_error, Exception: server_error},

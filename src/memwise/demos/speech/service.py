@@ -52,7 +52,7 @@ from memwise.demos.speech.segments import (
 from memwise.errors import InvalidAudio, ProtocolError, TranscriptionFailed, WorkerCrashed
 from memwise.memory import parse_size, system
 from memwise.pool.api import WorkerPool
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 from memwise.pool.stats import key_repr
 
 OnCrash = Literal["rerun", "fail"]
@@ -309,9 +309,9 @@ class SpeechService:
             lane = min(range(lanes), key=lambda n: (self._load.get(n, 0), files[n], n))
         for n in range(64 * lanes):  # each try lands on the lane with probability 1/lanes
             key = f"{task_id}#{n}"
-            if slot_for(key, lanes) == lane:
+            if lane_for(key, lanes) == lane:
                 return key, lane
-        return task_id, slot_for(task_id, lanes)
+        return task_id, lane_for(task_id, lanes)
 
     def load(self, lane: int, size: int, future: Future[SegmentResult]) -> None:
         """Count ``size`` bytes of audio on ``lane`` until ``future`` is done."""

@@ -180,20 +180,25 @@
     gauge("b-shm", total ? s.bytes_in_use / total : 0);
     text($("t-shm"), bytes(s.bytes_in_use) + " in " + s.slots_in_use + " slots · " + bytes(s.bytes_free) + " warm in " + s.slots_free);
     const privateSum = live.reduce((sum, w) => sum + (w.private || 0), 0);
-    const scale = b ? b.limit : Math.max(privateSum, ...live.map((w) => (w.private || 0) * live.length));
-    gauge("b-private", scale ? privateSum / scale : 0);
-    text($("t-private"), bytes(privateSum) + " in " + live.length + " workers");
+    // A share of the budget; without one there is no meaningful whole, so only the figure.
+    $("b-private").parentNode.style.visibility = b ? "visible" : "hidden";
+    gauge("b-private", b ? privateSum / b.limit : 0);
+    text($("t-private"), bytes(privateSum) + " in " + live.length + " workers" + (b ? " (of the budget)" : ""));
   }
 
   // ---------------------------------------------------------------- worker rows (updated in place)
   const CELLS = ["lane", "pid", "state", "key", "task", "running num", "cpu", "private num", "memory", "done num", "restarts num", "recycles"];
 
-  function row(lane) {
+  // Rows are keyed by lane; warm spares (lane -1) by their pid, and sort after the lanes.
+  function rowKey(w) { return w.lane >= 0 ? String(w.lane) : "spare-" + w.pid; }
+  function rowOrder(key) { return key.startsWith("spare-") ? 1e9 + Number(key.slice(6)) : Number(key); }
+
+  function row(key) {
     const body = $("workers").tBodies[0];
-    let tr = body.querySelector('tr[data-lane="' + lane + '"]');
+    let tr = body.querySelector('tr[data-lane="' + key + '"]');
     if (tr) return tr;
     tr = document.createElement("tr");
-    tr.dataset.lane = lane;
+    tr.dataset.lane = key;
     for (const name of CELLS) {
       const td = document.createElement("td");
       td.className = name;
@@ -203,7 +208,7 @@
     tr.children[6].innerHTML = '<span class="meter"><i></i></span><span></span>';
     tr.children[8].innerHTML = '<svg width="90" height="20" viewBox="0 0 90 20"><polyline fill="none" stroke="#4fb3ff" stroke-width="1.5"/></svg>';
     const rows = Array.from(body.rows);
-    const after = rows.find((r) => Number(r.dataset.lane) > lane);
+    const after = rows.find((r) => rowOrder(r.dataset.lane) > rowOrder(key));
     body.insertBefore(tr, after || null);
     return tr;
   }
@@ -221,8 +226,9 @@
   function workers(snap) {
     const seen = new Set();
     for (const w of snap.workers) {
-      seen.add(String(w.lane));
-      const tr = row(w.lane);
+      const key = rowKey(w);
+      seen.add(key);
+      const tr = row(key);
       const c = tr.children;
       text(c[0], w.lane < 0 ? "spare" : String(w.lane));
       text(c[1], w.pid === null ? "–" : String(w.pid));
@@ -237,22 +243,26 @@
       meter.className = cpu > 90 ? "warn" : "";
       text(c[6].lastChild, cpu === null ? "–" : cpu.toFixed(0) + "%");
       text(c[7], bytes(w.private));
-      let series = memory.get(w.lane);
-      if (!series) { series = []; memory.set(w.lane, series); }
+      let series = memory.get(key);
+      if (!series) { series = []; memory.set(key, series); }
       if (w.private !== null) { series.push(w.private); if (series.length > MEMORY_POINTS) series.shift(); }
       sparkline(c[8].querySelector("polyline"), series);
       text(c[9], count(w.tasks_done));
       text(c[10], String(w.restarts));
       c[10].classList.toggle("bad", w.restarts > 0);
-      const before = restartsSeen.get(w.lane);
+      const before = restartsSeen.get(key);
       if (before !== undefined && w.restarts > before) {
         tr.classList.remove("flash"); void tr.offsetWidth; tr.classList.add("flash");
       }
-      restartsSeen.set(w.lane, w.restarts);
+      restartsSeen.set(key, w.restarts);
       text(c[11], Object.entries(w.recycles).map(([k, v]) => k + " " + v).join(", "));
     }
     for (const tr of Array.from($("workers").tBodies[0].rows)) {
-      if (!seen.has(tr.dataset.lane)) tr.remove();
+      if (!seen.has(tr.dataset.lane)) {
+        tr.remove();
+        memory.delete(tr.dataset.lane);
+        restartsSeen.delete(tr.dataset.lane);
+      }
     }
   }
 
@@ -313,12 +323,14 @@
     lastSnapshotAt = Date.now();
     rate.push([snap.time, snap.throughput]);
     while (rate.length > HISTORY || (rate.length && rate[0][0] < snap.time - 120)) rate.shift();
-    cards(snap);
-    workers(snap);
-    pipelines(snap);
+    // Charts first: they read element sizes, which is free before this frame's DOM writes
+    // and forces a layout after them.
     drawRate();
     drawDurations(snap);
     drawQueues(snap);
+    cards(snap);
+    workers(snap);
+    pipelines(snap);
   }
 
   function live(on) {
