@@ -98,6 +98,7 @@ def test_live_items_never_exceed_the_capacity() -> None:
             delivered += 1
             del item
             time.sleep(0.001)  # a consumer slower than the stages: results pile up, bounded
+        assert line.snapshot().peak_in_flight == 5
     assert delivered == 200
     assert Tracked.peak <= 5 + 1  # the capacity, plus the one the consumer held
 

@@ -95,3 +95,12 @@ def test_stop_mid_stream_releases_every_frame_and_thread() -> None:
             assert not _pipeline_threads()
         # The pool has ended: tasks running at stop have finished and given their frame back.
         assert buffers.available == buffers.size
+
+
+def test_a_shut_down_pool_fails_the_item_visibly() -> None:
+    pool = WorkerPool(1)
+    pool.shutdown()
+    line = Pipeline(range(3), errors="record").pipe(tasks.square, pool=pool)
+    with line:
+        out = list(line)
+    assert len(out) == 3 and all(isinstance(record, ItemError) for record in out)

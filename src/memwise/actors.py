@@ -307,11 +307,10 @@ class _ProcessBackend:
         )
 
     def pid(self) -> int | None:
-        pid = self._pool.stats()["slots"][0]["pid"]
-        return None if pid is None else int(pid)
+        return self._pool.snapshot().workers[0].pid
 
     def restarts(self) -> int:
-        return int(self._pool.stats()["restarts"])
+        return self._pool.snapshot().restarts
 
     def call(
         self,

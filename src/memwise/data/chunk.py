@@ -128,7 +128,7 @@ def _cut(chunk: Chunk, target_bytes: int) -> Iterator[Chunk]:
     start, begin = chunk.start, 0
     index = step
     while index < len(data):
-        safe = np.flatnonzero(reach[index - 1 :] <= data["time"][index:])
+        safe = np.flatnonzero(reach[index - 1 : -1] <= data["time"][index:])
         if not len(safe):
             break
         cut = index + int(safe[0])

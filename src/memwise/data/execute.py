@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import numpy as np
 
 from memwise.data.chunk import Chunk
 from memwise.data.plugin import Plugin
-from memwise.errors import DataError
+from memwise.errors import DataError, PluginError
 
 __all__ = ["Bundle", "Chain", "Instances", "PluginRef", "Step", "run_chain", "synchronize"]
 
@@ -32,14 +33,32 @@ class PluginRef:
     module: str
     qualname: str
     file: str | None = None
+    # The class itself, in the process that made the reference; never pickled, so classes
+    # defined inside functions work wherever they are defined.
+    plugin: type[Plugin] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, plugin: type[Plugin]) -> PluginRef:
         module = sys.modules.get(plugin.__module__)
         file = getattr(module, "__memwise_plugin_file__", None)
-        return cls(plugin.__module__, plugin.__qualname__, file)
+        return cls(plugin.__module__, plugin.__qualname__, file, plugin)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "plugin": None}
 
     def resolve(self) -> type[Plugin]:
+        if self.plugin is not None:
+            return self.plugin
+        try:
+            return self._find()
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(
+                f"cannot find plugin {self.qualname} of module {self.module} in process "
+                f"{os.getpid()} ({exc}); define plugin classes at module level of an importable "
+                "module or a plugin directory, or give them parallel = 'thread' or 'none'"
+            ) from exc
+
+    def _find(self) -> type[Plugin]:
         if self.module in sys.modules:
             module = sys.modules[self.module]
         elif self.file is not None:

@@ -24,6 +24,8 @@ SCENARIOS: dict[str, str] = {
     "photos": "memwise.demos.photos",
     "preview": "memwise.demos.preview",
     "covers": "memwise.demos.covers",
+    "vision": "memwise.demos.vision",
+    "waveforms": "memwise.demos.waveforms",
 }
 
 

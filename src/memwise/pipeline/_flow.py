@@ -57,7 +57,7 @@ class Flow:
         self._futures = threading.Condition(lock)
         self._done: dict[int, Item | None] = {}  # position -> finished item, None if dropped
         self.counters = [StageCounters() for _ in stages]
-        self.in_flight = self.admitted = self.delivered = self.drops = 0
+        self.in_flight = self.peak_in_flight = self.admitted = self.delivered = self.drops = 0
         self._next_out = 0
         self._source_holds = False  # the feeder reserved room it has no item for yet
         self.stopped = False
@@ -83,11 +83,15 @@ class Flow:
             self._room.notify()
 
     def enter(self, value: Any) -> None:
-        """Admit ``value`` into a place :meth:`reserve` made."""
+        """Admit ``value`` into a place :meth:`reserve` made (released instead after a stop)."""
         with self._lock:
-            self._enter(Item(self.admitted, value))
+            if not self.stopped:
+                self._enter(Item(self.admitted, value))
+                return
+        self._release(value)
 
     def _enter(self, item: Item) -> None:
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         self.admitted += 1
         self._queues[0].append(item)
         self._not_empty[0].notify()
@@ -283,6 +287,7 @@ class Flow:
                 state=state,
                 capacity=self.capacity,
                 in_flight=self.in_flight,
+                peak_in_flight=self.peak_in_flight,
                 admitted=self.admitted,
                 delivered=self.delivered,
                 drops=self.drops,
@@ -327,7 +332,11 @@ def _call_here(stage: Stage, item: Item) -> None:
 def _call_on_pool(flow: Flow, index: int, stage: Stage, item: Item) -> bool:
     """Run the stage's function on its pool; False if the pipeline stopped meanwhile."""
     assert stage.pool is not None
-    future = stage.pool.submit(stage.fn, item.value)
+    try:
+        future = stage.pool.submit(stage.fn, item.value)
+    except Exception as exc:  # a broken or shut-down pool: this item fails, visibly
+        _fail(stage, item, exc)
+        return True
     if not flow.await_future(future) and not future.cancelled():
         flow.abandon(index, item, future)
         return False

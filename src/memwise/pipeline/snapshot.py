@@ -62,6 +62,8 @@ class PipelineSnapshot:
         state: ``"new"``, ``"running"``, ``"finished"`` (every item delivered), ``"stopped"``.
         capacity: the most items admitted and not yet delivered (the memory bound).
         in_flight: items admitted and not yet delivered now.
+        peak_in_flight: the most there ever were: never above ``capacity`` (a source that
+            raised adds one error record, which holds no data).
         admitted: items that entered.
         delivered: results handed to the consumer (error records included).
         drops: items dropped by the ``drop=`` policy.
@@ -74,6 +76,7 @@ class PipelineSnapshot:
     state: str
     capacity: int
     in_flight: int
+    peak_in_flight: int
     admitted: int
     delivered: int
     drops: int

@@ -16,10 +16,13 @@ from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, SharedMemoryError
 from memwise.memory import parse_size
+from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import key_bytes
+from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.subscribers import Subscription
 from memwise.pool.supervisor import PoolConfig, Supervisor
 from memwise.pool.task import Task
 from memwise.pool.worker import PartialChunk, run_chunk
@@ -53,7 +56,7 @@ class WorkerPool(Executor):
     """A pool of supervised worker processes.
 
     Args:
-        workers: the number of worker slots, i.e. the most processes at once (default: the
+        workers: the number of worker lanes, i.e. the most processes at once (default: the
             number of usable CPUs). ``max_workers`` is a synonym.
         min_workers: processes kept alive even when idle (default: all of them). With fewer,
             workers start on demand and, with ``Recycle(idle=...)``, idle ones above the
@@ -115,10 +118,9 @@ class WorkerPool(Executor):
             raise ValueError(f"min_workers must be between 0 and {workers}, got {min_workers}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        init_payload = None
+        init_payload, start_initargs = None, None
         if initializer is not None:
-            init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
-        self._workers = workers
+            init_payload, start_initargs = _pickle_initializer(initializer, initargs)
         self._timeout = timeout
         self._budget = budget
         self._shm_threshold = parse_size(shm_threshold)
@@ -128,6 +130,7 @@ class WorkerPool(Executor):
                 max_workers=workers,
                 min_workers=min_workers,
                 init_payload=init_payload,
+                start_initargs=start_initargs,
                 init_timeout=init_timeout,
                 retries=retries,
                 start_method=start_method,
@@ -144,8 +147,24 @@ class WorkerPool(Executor):
 
     @property
     def workers(self) -> int:
-        """The number of worker slots."""
-        return self._workers
+        """The number of worker lanes (the most processes at once); see :meth:`resize`."""
+        return self._supervisor.lanes.count
+
+    def resize(self, workers: int) -> None:
+        """Change the number of worker lanes while the pool runs.
+
+        Growing starts workers in the new lanes (with the default ``min_workers``, which
+        keeps every lane filled; otherwise on demand). Shrinking stops the workers of the
+        lanes above ``workers`` once they have finished every task they hold or that is
+        queued for them: nothing is lost or re-run. Keys are routed by rendezvous hashing,
+        so about ``1/workers`` of them move to another lane, and a key never moves while
+        one of its tasks is queued or running: its tasks keep their order across a resize.
+        ``min_workers`` is lowered to ``workers`` if it was above; if it was equal to the
+        old number of lanes (the default), it follows the new one.
+        """
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int of at least 1, got {workers!r}")
+        self._supervisor.resize(workers)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
@@ -181,6 +200,8 @@ class WorkerPool(Executor):
         memory = options.memory
         if memory and self._budget is None:
             raise ValueError("options(memory=...) reserves memory in a budget: pass budget= too")
+        if options.key is not None:
+            key_bytes(options.key)  # a key that cannot route fails here, before anything else
         future: Future[T] = Future()
         outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
@@ -202,7 +223,6 @@ class WorkerPool(Executor):
             fn,
             self._timeout if options.timeout is INHERIT else options.timeout,
             key=options.key,
-            slot=None if options.key is None else slot_for(options.key, self._workers),
             priority=options.priority,
             coalesce=options.coalesce,
             memory=memory,
@@ -229,7 +249,7 @@ class WorkerPool(Executor):
         star = len(iterables) != 1
         items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
         if chunksize is None:
-            chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self._workers)))
+            chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self.workers)))
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -259,7 +279,7 @@ class WorkerPool(Executor):
         workers as ``options(key=)`` does. An item's exception is raised at its position, and
         the items not yet started are cancelled.
         """
-        prefetch = 2 * self._workers if prefetch is None else prefetch
+        prefetch = 2 * self.workers if prefetch is None else prefetch
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
 
@@ -277,7 +297,7 @@ class WorkerPool(Executor):
     def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
         from memwise.progress import track
 
-        return track(results, total, lambda: self._supervisor.counts["restarts"])
+        return track(results, total, lambda: self._supervisor.tally.restarts)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
@@ -299,6 +319,7 @@ class WorkerPool(Executor):
                 )
             )
         self._supervisor.join()
+        self._supervisor.events.close(wait=True)
         _live_pools.discard(self)  # without wait, exit still waits for the workers to end
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -308,16 +329,29 @@ class WorkerPool(Executor):
         """
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def stats(self) -> dict[str, Any]:
-        """What the pool is doing and has done.
+    def snapshot(self) -> PoolSnapshot:
+        """What the pool is doing and has done, as one immutable, consistent picture.
 
-        Totals: ``submitted``, ``queued``, ``running``, ``done``, ``failed``, ``cancelled``,
-        ``restarts`` (unexpected deaths), ``timeouts``, ``recycles`` (by reason) and
-        ``workers`` (live processes). ``slots``: one row per worker slot with ``pid``,
-        ``state``, ``key`` (of its current or last task), ``tasks_done`` (by its current
-        process), ``private`` and ``rss`` memory in bytes, ``restarts`` and ``recycles``.
+        Taken under the pool's lock, so its figures agree with each other; per-process
+        figures (private memory, PSS, CPU %) are measured at most every 250 ms whoever asks,
+        so frequent callers cost little. See :class:`~memwise.pool.snapshot.PoolSnapshot`.
         """
         return self._supervisor.snapshot()
+
+    def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
+        """Call ``callback(event)`` for every :class:`~memwise.pool.events.PoolEvent` from now on.
+
+        Callbacks run on a thread of their own, never the pool's: a slow callback delays only
+        its own events (past a bounded buffer they are dropped and counted in the
+        subscription's ``dropped``), and one that raises is logged and unsubscribed. Close
+        the returned subscription (or call :meth:`unsubscribe`) to stop;
+        ``shutdown(wait=True)`` returns once every subscriber has had its last event.
+        """
+        return self._supervisor.events.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
+        """Stop calling ``callback`` (every subscription of it); events it holds still arrive."""
+        self._supervisor.events.unsubscribe(callback)
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:
@@ -339,6 +373,22 @@ def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterat
     finally:
         for future in futures:
             future.cancel()
+
+
+def _pickle_initializer(
+    initializer: Callable[..., Any], initargs: tuple[Any, ...]
+) -> tuple[bytes, tuple[Any, ...] | None]:
+    """The initializer for the READY handshake, and the initargs to hand over at start, if any.
+
+    Usually both travel in the handshake (by value if need be, like any call). Multiprocessing
+    queues, locks, events and the like refuse that ("should only be shared between processes
+    through inheritance"): those initargs go to each worker as multiprocessing starts it,
+    which is how ProcessPoolExecutor passes them.
+    """
+    try:
+        return _wire.dumps((initializer, initargs), "the initializer", calls=True), None
+    except SerializationError:
+        return _wire.dumps((initializer, ()), "the initializer", calls=True), tuple(initargs)
 
 
 def _usable_cpus() -> int:

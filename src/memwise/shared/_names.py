@@ -83,6 +83,11 @@ def _start_tag(pid: int) -> str | None:
 
 @lru_cache(maxsize=1)
 def _owner_of(pid: int) -> Owner:
+    return owner_of(pid)
+
+
+def owner_of(pid: int) -> Owner:
+    """Process ``pid`` as an owner (read now, while it lives)."""
     return Owner(pid, _start_tag(pid) or "0")
 
 

@@ -138,6 +138,18 @@ class SQLiteStorage:
             data = np.frombuffer(row[0], dtype) if entry["n"] else np.zeros(0, dtype)
             yield Chunk(data, entry["start"], entry["end"], check=False)
 
+    def load_array(self, key: DataKey) -> np.ndarray:
+        datas = [c.data for c in self.load(key)]
+        if len(datas) == 1:
+            return datas[0]
+        whole = (
+            np.concatenate(datas)
+            if datas
+            else np.zeros(0, dtype_from_json(self.metadata(key)["dtype"]))
+        )
+        whole.flags.writeable = False  # as every backend's arrays: stored data is read-only
+        return whole
+
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> _SQLiteWriter:
         return _SQLiteWriter(self, key, metadata)
 

@@ -101,7 +101,7 @@ def create_app(
         return pool
 
     async def healthz(_request: Request) -> Response:
-        workers = 0 if pool is None else int(pool.stats()["workers"])
+        workers = 0 if pool is None else sum(1 for w in pool.snapshot().workers if w.pid)
         loaded = [name for name in HEAVY if name in sys.modules]
         return JSONResponse({"status": "ok", "workers": workers, "loaded": loaded})
 
