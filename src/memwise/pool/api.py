@@ -10,16 +10,21 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import SerializationError, SharedMemoryError
 from memwise.memory import parse_size
+from memwise.pool.backend import PoolBackend
+from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import slot_for
+from memwise.pool.remote import remote_backend, stats_from
+from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.supervisor import PoolConfig, Supervisor
 from memwise.pool.task import Task
 from memwise.pool.worker import PartialChunk, run_chunk
@@ -79,6 +84,12 @@ class WorkerPool(Executor):
             warning instead of waiting for a slot and then failing with
             ``SharedMemoryExhausted``.
         start_method: ``"forkserver"`` (Linux default), ``"spawn"`` (elsewhere) or ``"fork"``.
+        backend: ``"local"`` (worker processes of this machine) or ``"ray"``: one Ray actor
+            per worker lane, on the cluster at ``address`` (or ``RAY_ADDRESS``), else on a
+            local cluster started on loopback. The same API and guarantees, except those
+            listed in docs/ray.md (no ``budget``, ``min_workers``, shared-memory slots,
+            ``Recycle(idle=, on_key_change=, hard_memory=)``).
+        address: the Ray cluster to join (``backend="ray"`` only).
 
     Functions and arguments travel by pickle (protocol 5), falling back to cloudpickle for
     lambdas and closures. ``submit`` passes every keyword to the function; per-task options
@@ -103,6 +114,8 @@ class WorkerPool(Executor):
         shm_threshold: int | str = _oob.DEFAULT_THRESHOLD,
         shm_fallback: bool = False,
         start_method: str | None = None,
+        backend: str = "local",
+        address: str | None = None,
     ) -> None:
         if workers is not None and max_workers is not None and workers != max_workers:
             raise ValueError("give workers or max_workers, not both")
@@ -115,12 +128,32 @@ class WorkerPool(Executor):
             raise ValueError(f"min_workers must be between 0 and {workers}, got {min_workers}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        init_payload = None
-        if initializer is not None:
-            init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
         self._workers = workers
         self._timeout = timeout
         self._budget = budget
+        self._backend: PoolBackend | None = None
+        if backend != "local" or address is not None:
+            self._backend = remote_backend(
+                backend,
+                address=address,
+                workers=workers,
+                min_workers=min_workers,
+                initializer=initializer,
+                initargs=initargs,
+                init_timeout=init_timeout,
+                retries=retries,
+                recycle=recycle or Recycle(),
+                max_restarts=max_restarts,
+                trim=trim,
+                budget=budget,
+                start_method=start_method,
+            )
+            _live_pools.add(self)
+            weakref.finalize(self, self._backend.close, False)
+            return
+        init_payload = None
+        if initializer is not None:
+            init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
         self._shm_threshold = parse_size(shm_threshold)
         self._shm_fallback = shm_fallback
         self._supervisor = Supervisor(
@@ -145,7 +178,7 @@ class WorkerPool(Executor):
     @property
     def workers(self) -> int:
         """The number of worker slots."""
-        return self._workers
+        return self._workers if self._backend is None else self._backend.workers
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
@@ -181,6 +214,10 @@ class WorkerPool(Executor):
         memory = options.memory
         if memory and self._budget is None:
             raise ValueError("options(memory=...) reserves memory in a budget: pass budget= too")
+        if self._backend is not None:
+            if options.timeout is INHERIT:
+                options = replace(options, timeout=self._timeout)
+            return self._backend.submit(options, fn, args, kwargs)
         future: Future[T] = Future()
         outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
@@ -229,7 +266,7 @@ class WorkerPool(Executor):
         star = len(iterables) != 1
         items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
         if chunksize is None:
-            chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self._workers)))
+            chunksize = max(1, math.ceil(len(items) / (CHUNKS_PER_WORKER * self.workers)))
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -259,7 +296,7 @@ class WorkerPool(Executor):
         workers as ``options(key=)`` does. An item's exception is raised at its position, and
         the items not yet started are cancelled.
         """
-        prefetch = 2 * self._workers if prefetch is None else prefetch
+        prefetch = 2 * self.workers if prefetch is None else prefetch
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
 
@@ -277,6 +314,9 @@ class WorkerPool(Executor):
     def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
         from memwise.progress import track
 
+        if self._backend is not None:
+            backend = self._backend
+            return track(results, total, lambda: backend.snapshot().restarts)
         return track(results, total, lambda: self._supervisor.counts["restarts"])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -284,6 +324,12 @@ class WorkerPool(Executor):
 
         With ``wait``, return once every worker process has exited.
         """
+        if self._backend is not None:
+            self._backend.close(cancel_futures)
+            if wait:
+                self._backend.join()
+                _live_pools.discard(self)
+            return
         self._supervisor.close(cancel_futures)
         if wait:
             self._supervisor.join()
@@ -305,7 +351,29 @@ class WorkerPool(Executor):
         ``state``, ``key`` (of its current or last task), ``tasks_done`` (by its current
         process), ``private`` and ``rss`` memory in bytes, ``restarts`` and ``recycles``.
         """
+        if self._backend is not None:
+            return stats_from(self._backend.snapshot())
         return self._supervisor.snapshot()
+
+    def snapshot(self) -> PoolSnapshot:
+        """An immutable, consistent picture of the pool now (see :class:`PoolSnapshot`)."""
+        return self._require_backend("snapshot()").snapshot()
+
+    def subscribe(self, callback: Callable[[PoolEvent], None]) -> Callable[[], None]:
+        """Deliver every later :class:`PoolEvent` to ``callback``, on a thread of its own.
+
+        Returns the function that unsubscribes.
+        """
+        return self._require_backend("subscribe()").subscribe(callback)
+
+    def resize(self, workers: int) -> None:
+        """Change the number of worker lanes; keys move only to or from changed lanes."""
+        self._require_backend("resize()").resize(workers)
+
+    def _require_backend(self, what: str) -> PoolBackend:
+        if self._backend is None:
+            raise NotImplementedError(f"{what} of the local pool is not available yet")
+        return self._backend
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Hashable, Iterable
 from functools import lru_cache
 
@@ -127,6 +127,14 @@ class TaskQueue:
     def waiting_slots(self) -> set[int]:
         """Slots that have keyed tasks waiting (their workers must be started)."""
         return {slot for slot, heads in self._slot_heads.items() if heads}
+
+    def pinned(self) -> Counter[int]:
+        """How many keyed tasks wait for each slot."""
+        counts: Counter[int] = Counter()
+        for fifo in self._keys.values():
+            if fifo and fifo[0].slot is not None:
+                counts[fifo[0].slot] += len(fifo)
+        return counts
 
     def general_count(self) -> int:
         return len(self._general)
