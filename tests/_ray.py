@@ -10,6 +10,7 @@ the tests' task modules through ``PYTHONPATH``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -29,11 +30,7 @@ START_TIMEOUT = 120.0
 
 
 def installed() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("ray") is not None
 
 
 def shm_entries() -> set[str]:
@@ -74,6 +71,19 @@ def worker_env() -> dict[str, str]:
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
         "PYTHONPATH": TESTS if not path else f"{TESTS}{os.pathsep}{path}",
     }
+
+
+def configure_driver() -> None:
+    """Make this process a driver with the tests' token, whose workers use this environment.
+
+    Ray reads these once, when it is first imported, so this runs at import of this module,
+    before any test imports Ray.
+    """
+    os.environ.update(token_env())
+    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
+
+
+configure_driver()
 
 
 class Node:

@@ -40,12 +40,10 @@ def ray_cluster():
     if not _ray.installed():
         yield None
         return
-    import ray
-
-    from memwise.ray import connect
+    from memwise.ray import connect, ray
 
     shm_before = _ray.shm_entries()
-    with _ray.driver_env({**_ray.token_env(), **_ray.worker_env()}):
+    with _ray.driver_env(_ray.worker_env()):
         connect(num_cpus=2)
         try:
             yield ray
@@ -230,7 +228,6 @@ def test_recycling_by_private_memory(ray_cluster):
         pids = [pool.submit(_tasks.getpid).result(WAIT) for _ in range(3)]
         assert len(set(pids)) == 3  # every worker holds more than 1 MiB of its own
         assert pool.stats()["recycles"]["memory"] >= 2
-        assert pool.snapshot().workers[0].private > 1 << 20
 
 
 def test_snapshot_and_events_follow_the_tasks(ray_cluster):
@@ -243,7 +240,7 @@ def test_snapshot_and_events_follow_the_tasks(ray_cluster):
         snapshot = pool.snapshot()
         assert (snapshot.submitted, snapshot.done, snapshot.failed) == (2, 1, 1)
         assert snapshot.durations.count == 1
-        assert snapshot.to_dict()["state"] == "running"
+        assert snapshot.state == "running"
         unsubscribe()
     kinds = [e.kind for e in events]
     assert kinds[:3] == ["task_submitted", "task_started", "task_finished"]

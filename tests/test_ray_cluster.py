@@ -28,7 +28,7 @@ def test_tasks_land_on_both_nodes_and_survive_losing_one():
     cluster = _ray.CliCluster(head_cpus=1)
     try:
         second = cluster.add_node(SECOND_NODE, cpus=1)
-        with _ray.driver_env({**_ray.token_env(), **_ray.worker_env()}):
+        with _ray.driver_env(_ray.worker_env()):
             try:
                 with WorkerPool(4, backend="ray", address=cluster.address, retries=3) as pool:
                     cluster.wait_for_nodes(2)

@@ -20,6 +20,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+# Under ``uv run``, Ray would start its workers with ``uv run`` in a copy of the project, a
+# fresh environment without this one's packages (workers then die on ``import ray``): workers
+# of this very interpreter and environment are what a pool must get. Ray reads this on import.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 import ray
 import ray.exceptions
 
@@ -49,10 +54,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
     """
     if ray.is_initialized():
         return
-    # Under ``uv run``, Ray would start its workers with ``uv run`` in a copy of the project,
-    # a fresh environment without this one's packages: workers of this very interpreter and
-    # environment are what a pool must get.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address is None:
@@ -158,13 +159,14 @@ def _on_completion(token: Any, notify: Callable[[], None]) -> None:
 
 
 def _death(exc: BaseException) -> str:
-    """Ray's account of an actor's death, in one line."""
+    """Ray's account of an actor's death, in one line: its exit type and the first sentences."""
     text = " ".join(str(exc).split())
-    for marker in ("Worker exit detail:", "The actor is dead because"):
+    for marker in ("Worker exit type:", "The actor is dead because", "The actor died"):
         if marker in text:
             text = text[text.index(marker) :]
             break
-    return f"{type(exc).__name__}: {text[:300]}"
+    text = text.split(" Some common causes")[0]
+    return f"{type(exc).__name__}: {text[:240]}"
 
 
 class RayBackend:

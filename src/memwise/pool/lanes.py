@@ -271,6 +271,7 @@ class LaneSupervisor:
         ready = Sent(None)
         lane.handle, ready.token = self.transport.start(index, self._notifier(lane, ready))
         lane.sent.append(ready)
+        lane.head_since = time.monotonic()
         self.lanes[index] = lane
         self.emit("worker_started", lane=lane)
         if replaces is not None:
