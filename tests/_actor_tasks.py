@@ -181,3 +181,13 @@ def allocate_and_free(nbytes: int) -> int:
     block[::4096] = b"\x01" * len(range(0, nbytes, 4096))
     del block
     return nbytes
+
+
+class Holds:
+    """An object built from whatever it is given (to test arguments that cannot travel)."""
+
+    def __init__(self, thing: Any) -> None:
+        self.thing = thing
+
+    def kind(self) -> str:
+        return type(self.thing).__name__

@@ -27,6 +27,7 @@ import psutil
 TESTS = str(Path(__file__).parent)
 RAY = str(Path(sys.executable).with_name("ray"))  # the CLI of this very environment
 START_TIMEOUT = 120.0
+START_ATTEMPTS = 3
 
 
 def installed() -> bool:
@@ -123,43 +124,62 @@ class Node:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def wait_started(self) -> bool:
+        """Whether ``ray start`` reports the node running (False if it gave up)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.alive():
+            if "Ray runtime started" in self.log.read_text(errors="replace"):
+                return True
+            time.sleep(0.2)
+        return False
+
 
 class CliCluster:
     """A head and worker nodes started with ``ray start``, as separate processes."""
 
     def __init__(self, head_cpus: int = 1) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="mwray"))
-        self.env = {**os.environ, **token_env(), **worker_env()}
+        self.env = {**os.environ, **token_env(), **worker_env(), "PYTHONUNBUFFERED": "1"}
         self.host = "127.0.0.2"
         port = free_port(self.host)
         self.address = f"{self.host}:{port}"
         self.nodes: list[Node] = []
-        self._start(self.host, ["--head", f"--port={port}"], head_cpus)
+        try:
+            self._start(self.host, ["--head", f"--port={port}"], head_cpus)
+        except BaseException:
+            self.stop()
+            raise
 
     def add_node(self, host: str, cpus: int = 1) -> Node:
         return self._start(host, [f"--address={self.address}"], cpus)
 
     def _start(self, host: str, args: list[str], cpus: int) -> Node:
-        ports = [free_port(host) for _ in range(4)]
-        node = Node(
-            [
-                *args,
-                f"--node-ip-address={host}",
-                f"--num-cpus={cpus}",
-                f"--temp-dir={self.tmp}",
-                "--include-dashboard=false",
-                "--disable-usage-stats",
-                # Ports the raylet would otherwise wait for the agents to choose and report.
-                f"--dashboard-agent-grpc-port={ports[0]}",
-                f"--dashboard-agent-listen-port={ports[1]}",
-                f"--metrics-export-port={ports[2]}",
-                f"--runtime-env-agent-port={ports[3]}",
-            ],
-            self.env,
-            self.tmp / f"node{len(self.nodes)}.log",
-        )
-        self.nodes.append(node)
-        return node
+        """Start a node and wait until it runs; a start that fails (on a loaded machine a
+        raylet gives up when its agents take over 15 s to start) is tried again."""
+        for attempt in range(START_ATTEMPTS):
+            ports = [free_port(host) for _ in range(4)]
+            node = Node(
+                [
+                    *args,
+                    f"--node-ip-address={host}",
+                    f"--num-cpus={cpus}",
+                    f"--temp-dir={self.tmp}",
+                    "--include-dashboard=false",
+                    "--disable-usage-stats",
+                    # Ports the raylet would otherwise wait for its agents to choose.
+                    f"--dashboard-agent-grpc-port={ports[0]}",
+                    f"--dashboard-agent-listen-port={ports[1]}",
+                    f"--metrics-export-port={ports[2]}",
+                    f"--runtime-env-agent-port={ports[3]}",
+                ],
+                self.env,
+                self.tmp / f"node{len(self.nodes)}.{attempt}.log",
+            )
+            if node.wait_started():
+                self.nodes.append(node)
+                return node
+            node.stop()
+        raise RuntimeError(f"a Ray node did not start:\n{node.log.read_text()[-3000:]}")
 
     def wait_for_nodes(self, count: int) -> None:
         import ray

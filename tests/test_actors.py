@@ -163,7 +163,7 @@ def test_close_cancels_queued_calls_and_lets_the_running_one_finish(make, isolat
     running = actor.call("render", 0, tmp_path / "log", started, release)
     tasks.wait_for(started)
     queued = actor.call("add", 1)
-    closing = threading.Thread(target=actor.close)
+    closing = threading.Thread(target=actor.close, kwargs={"timeout": WAIT})
     closing.start()
     assert wait_until(queued.cancelled)
     release.touch()

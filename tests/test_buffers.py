@@ -9,7 +9,7 @@ import pytest
 
 from memwise import shared
 from memwise.buffers import BufferPool
-from memwise.errors import BufferPoolExhausted
+from memwise.errors import BufferPoolExhausted, ClosedError
 
 FRAME = (480, 640, 3)
 
@@ -106,7 +106,7 @@ def test_close_fails_waiters_and_frees_returned_buffers() -> None:
     def wait() -> None:
         try:
             pool.acquire()
-        except ValueError as error:
+        except ClosedError as error:
             outcome.append(error)
 
     waiter = threading.Thread(target=wait)
@@ -133,3 +133,39 @@ def test_buffers_benchmark_runs_and_cleans_up() -> None:
     assert set(result["results"]) >= {"BufferPool", "np.empty", "slot reuse 48MB"}
     assert all(figures["write_us"] > 0 for figures in result["results"].values())
     assert "slot reuse 48MB / fresh segment 48MB" in result["ratios"]
+
+
+def test_available_counts_free_buffers(frames: BufferPool) -> None:
+    assert frames.available == 3
+    held = frames.acquire()
+    assert frames.available == 2
+    frames.release(held)
+    assert frames.available == 3
+
+
+def test_resize_only_while_nothing_is_leased(frames: BufferPool) -> None:
+    held = frames.acquire()
+    with pytest.raises(ValueError, match="leased"):
+        frames.resize((240, 320, 3))
+    frames.release(held)
+    frames.resize((240, 320), np.float32)
+    with frames.lease() as buffer:
+        assert buffer.shape == (240, 320) and buffer.dtype == np.float32
+    assert frames.available == 3
+
+
+def test_auto_release_lease_returns_when_collected(frames: BufferPool) -> None:
+    import gc
+
+    frame = frames.acquire(auto_release=True)
+    frame[...] = 9
+    view = frame[10:20]
+    del frame
+    gc.collect()
+    assert frames.available == 2  # a view still uses it
+    del view
+    gc.collect()
+    assert frames.available == 3
+    again = frames.acquire(auto_release=True)
+    frames.release(again)  # explicit release stays the normal path
+    assert frames.available == 3 and frames.stats().in_use == 0

@@ -35,9 +35,9 @@ def test_a_burst_runs_the_first_and_the_last_and_cancels_the_rest(tmp_path):
         assert first.result(WAIT) == ("first", 1)
         assert last.result(WAIT) == 99
         assert not first.cancelled() and not last.cancelled()
-        stats = pool.stats()
-    assert stats["cancelled"] == 98
-    assert stats["done"] == 2
+        snapshot = pool.snapshot()
+    assert snapshot.cancelled == 98
+    assert snapshot.done == 2
 
 
 def test_tags_coalesce_separately_and_untagged_tasks_are_untouched(tmp_path):

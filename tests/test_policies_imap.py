@@ -14,7 +14,7 @@ import _policy_tasks
 import _tasks
 from _tasks import wait_until
 from memwise import WorkerPool
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,10 +66,10 @@ def test_imap_bound_holds_behind_one_slow_item(tmp_path):
     fn = functools.partial(_policy_tasks.first_waits, others, str(tmp_path))
     source = Counted(range(30))
     # Item 0 gets a worker to itself, so the items it waits for can never be queued behind it.
-    key_of_slot = {slot_for(f"k{i}", 2): f"k{i}" for i in range(20)}
+    key_of_lane = {lane_for(f"k{i}", 2): f"k{i}" for i in range(20)}
     with WorkerPool(2) as pool:
         results = pool.imap(
-            fn, source, prefetch=prefetch, key=lambda i: key_of_slot[0 if i == 0 else 1]
+            fn, source, prefetch=prefetch, key=lambda i: key_of_lane[0 if i == 0 else 1]
         )
         got = source.consume(itertools.islice(results, 1))
         assert got == [0]
@@ -107,7 +107,7 @@ def test_imap_error_is_raised_at_its_position_and_the_rest_is_cancelled(tmp_path
         assert got == list(range(bad))
         with pytest.raises(StopIteration):
             next(results)
-        assert wait_until(lambda: pool.stats()["running"] + pool.stats()["queued"] == 0)
+        assert wait_until(lambda: idle(pool.snapshot()))
         # The pool is fine afterwards.
         assert list(pool.imap(_policy_tasks.index, range(3))) == [0, 1, 2]
     executed = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
@@ -116,10 +116,10 @@ def test_imap_error_is_raised_at_its_position_and_the_rest_is_cancelled(tmp_path
     assert max(executed) < source.pulled  # nothing past what was pulled ran
 
 
-def test_imap_with_key_keeps_each_key_on_its_slot_in_order():
+def test_imap_with_key_keeps_each_key_on_its_lane_in_order():
     items = [(f"k{i % 10}", i) for i in range(200)]
     with WorkerPool(2) as pool:
-        pids = {row["slot"]: row["pid"] for row in pool.stats()["slots"]}
+        pids = {row.lane: row.pid for row in pool.snapshot().workers}
         results = list(
             pool.imap(
                 _policy_tasks.item_of, items, key=lambda item: item[0], prefetch=16, ordered=False
@@ -130,7 +130,7 @@ def test_imap_with_key_keeps_each_key_on_its_slot_in_order():
     for key, seq, pid, t in results:
         runs[key].append((seq, pid, t))
     for key, key_runs in runs.items():
-        assert {pid for _, pid, _ in key_runs} == {pids[slot_for(key, 2)]}
+        assert {pid for _, pid, _ in key_runs} == {pids[lane_for(key, 2)]}
         times = [t for _, _, t in sorted(key_runs)]
         assert times == sorted(times)
 
@@ -147,3 +147,7 @@ def test_progress_on_map_and_imap_gives_the_same_results(shared_pool):
     # An input of unknown length still works (the bar has no total).
     unsized = (i for i in range(50))
     assert list(shared_pool.imap(_policy_tasks.index, unsized, progress=True)) == expected
+
+
+def idle(snapshot):
+    return snapshot.in_flight + snapshot.queued == 0

@@ -16,7 +16,7 @@ def run_behind_a_blocker(pool, tmp_path, submit_queued):
     read_pid(tmp_path / "pid")
     futures = submit_queued()
     # Everything is queued before the worker is free, so only the policy decides the order.
-    assert wait_until(lambda: pool.stats()["queued"] == len(futures))
+    assert wait_until(lambda: pool.snapshot().queued == len(futures))
     write_atomic(tmp_path / "go", "")
     assert first.result(WAIT) == ("first", 1)
     return [f.result(WAIT) for f in futures]

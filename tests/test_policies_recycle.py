@@ -27,23 +27,23 @@ def runs_of(values):
 def test_recycle_after_n_tasks():
     with WorkerPool(1, recycle=Recycle(tasks=3)) as pool:
         pids = [pool.submit(getpid).result(WAIT) for _ in range(9)]
-        stats = pool.stats()
+        snapshot = pool.snapshot()
     assert [len(set(pids[i : i + 3])) for i in range(0, 9, 3)] == [1, 1, 1]
     assert len(set(pids)) == 3
-    assert stats["recycles"] == {"tasks": 3}
-    assert stats["slots"][0]["recycles"] == {"tasks": 3}
-    assert stats["restarts"] == 0  # a recycle is not a crash
+    assert snapshot.recycles == {"tasks": 3}
+    assert snapshot.workers[0].recycles == {"tasks": 3}
+    assert snapshot.restarts == 0  # a recycle is not a crash
 
 
 def test_recycle_after_n_tasks_in_a_burst():
     # Submitted all at once, tasks must not be pipelined past a worker's last task.
     with WorkerPool(2, recycle=Recycle(tasks=4)) as pool:
         pids = [f.result(WAIT) for f in [pool.submit(getpid) for _ in range(16)]]
-        stats = pool.stats()
+        snapshot = pool.snapshot()
     assert max(pids.count(pid) for pid in set(pids)) <= 4
     assert len(set(pids)) >= 4
     # Exactly the processes that reached the count were retired.
-    assert stats["recycles"] == {"tasks": sum(pids.count(pid) == 4 for pid in set(pids))}
+    assert snapshot.recycles == {"tasks": sum(pids.count(pid) == 4 for pid in set(pids))}
 
 
 LIMIT = "60 MiB"
@@ -54,15 +54,15 @@ def test_memory_limit_keeps_a_leaking_worker_bounded_and_loses_no_task():
     with WorkerPool(2, recycle=Recycle(memory=LIMIT)) as pool:
         futures = [pool.submit(_policy_tasks.leak, TASK_BYTES) for _ in range(40)]
         results = [f.result(WAIT) for f in futures]
-        stats = pool.stats()
+        snapshot = pool.snapshot()
     assert len(results) == 40  # every task ran and returned
     peak = max(private for _, private in results)
     assert peak <= parse_size(LIMIT) + TASK_BYTES, f"a worker reached {peak / MiB:.1f} MiB"
     # Without recycling, 20 leaks per worker would reach ~100 MiB: the limit did the work.
-    assert stats["recycles"].get("memory", 0) >= 2
+    assert snapshot.recycles.get("memory", 0) >= 2
     assert len({pid for pid, _ in results}) >= 3
-    assert stats["failed"] == 0
-    assert stats["restarts"] == 0
+    assert snapshot.failed == 0
+    assert snapshot.restarts == 0
 
 
 def test_hard_memory_kills_a_runaway_task_retries_then_fails():
@@ -78,9 +78,9 @@ def test_hard_memory_kills_a_runaway_task_retries_then_fails():
         assert "100" in message  # the ceiling
         assert "tried 2 time(s)" in message  # the first run and one retry
         assert info.value.pid != first_pid
-        stats = pool.stats()
-        assert stats["recycles"] == {"hard_memory": 2}
-        assert stats["slots"][0]["recycles"] == {"hard_memory": 2}
+        snapshot = pool.snapshot()
+        assert snapshot.recycles == {"hard_memory": 2}
+        assert snapshot.workers[0].recycles == {"hard_memory": 2}
         # The pool goes on with a fresh worker.
         assert pool.submit(getpid).result(WAIT) not in (first_pid, info.value.pid)
 
@@ -90,9 +90,9 @@ def test_on_key_change_gives_a_fresh_worker_per_key_run():
     with WorkerPool(1, recycle=Recycle(on_key_change=True)) as pool:
         futures = [pool.options(key=k).submit(getpid) for k in keys]
         pids = [f.result(WAIT) for f in futures]
-        stats = pool.stats()
+        snapshot = pool.snapshot()
     assert_fresh_pid_per_key_run(keys, pids)
-    assert stats["recycles"] == {"key": 3}
+    assert snapshot.recycles == {"key": 3}
 
 
 def test_on_key_change_one_call_at_a_time():
@@ -100,7 +100,7 @@ def test_on_key_change_one_call_at_a_time():
     keys = ["a", "b", "b", "a", "a", "a"]
     with WorkerPool(1, recycle=Recycle(on_key_change=True)) as pool:
         pids = [pool.options(key=k).submit(getpid).result(WAIT) for k in keys]
-        assert pool.stats()["recycles"] == {"key": 2}
+        assert pool.snapshot().recycles == {"key": 2}
     assert_fresh_pid_per_key_run(keys, pids)
 
 

@@ -72,7 +72,7 @@ def test_cancelling_the_coroutine_cancels_a_queued_task(tmp_path):
         await wait_for_file(tmp_path / "pid")
         # The only worker is busy, so this task is queued.
         queued = asyncio.ensure_future(pool.run(_tasks.touch, tmp_path / "queued-ran"))
-        while pool.stats()["submitted"] < 2:  # until run() has submitted it
+        while pool.snapshot().submitted < 2:  # until run() has submitted it
             await asyncio.sleep(0.001)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):

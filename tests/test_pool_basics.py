@@ -283,13 +283,10 @@ def test_cancel_a_queued_future(tmp_path):
 
 
 @pytest.mark.timeout(45)
-def test_stats_counts():
+def test_snapshot_counts():
     with WorkerPool(1) as pool:
-        assert {k: pool.stats()[k] for k in ("submitted", "done", "failed")} == {
-            "submitted": 0,
-            "done": 0,
-            "failed": 0,
-        }
+        fresh = pool.snapshot()
+        assert (fresh.submitted, fresh.done, fresh.failed) == (0, 0, 0)
         for i in range(3):
             assert pool.submit(_tasks.square, i).result(WAIT) == i * i
         with pytest.raises(ValueError):
@@ -298,12 +295,12 @@ def test_stats_counts():
             pool.submit(_tasks.exit_with, 1).result(WAIT)
         with pytest.raises(TaskTimeout):
             pool.options(timeout=0.5).submit(_tasks.hang).result(WAIT)
-        stats = pool.stats()
-        assert stats["submitted"] == 6
-        assert stats["done"] == 3
-        assert stats["failed"] == 3  # raised, crashed, timed out
-        assert stats["restarts"] == 2  # the crash and the timeout
-        assert stats["timeouts"] == 1
+        snapshot = pool.snapshot()
+        assert snapshot.submitted == 6
+        assert snapshot.done == 3
+        assert snapshot.failed == 3  # raised, crashed, timed out
+        assert snapshot.restarts == 2  # the crash and the timeout
+        assert snapshot.timed_out == 1
 
 
 def test_tasks_submitted_along_with_a_long_one_do_not_wait_for_it(tmp_path):

@@ -46,7 +46,7 @@ def test_sigkill_mid_task_fails_only_that_task(tmp_path):
         new_pid = pool.submit(_tasks.getpid).result(WAIT)
         assert new_pid != pid
         assert pool.submit(_tasks.square, 5).result(WAIT) == 25
-        assert pool.stats()["restarts"] == 1
+        assert pool.snapshot().restarts == 1
 
 
 def test_segfault_in_a_task(tmp_path):
@@ -98,7 +98,7 @@ def test_queued_tasks_are_not_lost_when_a_worker_dies(tmp_path):
         with pytest.raises(WorkerCrashed):
             future.result(WAIT)
         assert [f.result(WAIT) for f in queued] == [i * i for i in range(10)]
-        assert pool.stats()["restarts"] == 1
+        assert pool.snapshot().restarts == 1
 
 
 def test_tasks_pipelined_behind_the_crashed_one_are_not_lost(tmp_path):
@@ -132,9 +132,9 @@ def test_idle_worker_death_after_it_is_noticed():
     with WorkerPool(1) as pool:
         pid = pool.submit(_tasks.getpid).result(WAIT)
         os.kill(pid, signal.SIGKILL)
-        assert _tasks.wait_until(lambda: pool.stats()["restarts"] == 1)
+        assert _tasks.wait_until(lambda: pool.snapshot().restarts == 1)
         assert pool.submit(_tasks.getpid).result(WAIT) != pid
-        assert pool.stats()["restarts"] == 1
+        assert pool.snapshot().restarts == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,10 +148,10 @@ def test_retries_rerun_a_crashed_task_on_a_fresh_worker(tmp_path):
         result_pid = pool.submit(_tasks.crash_first_time, marker).result(WAIT)
         crashed_pid = _tasks.read_pid(marker)
         assert result_pid != crashed_pid
-        stats = pool.stats()
-        assert stats["restarts"] == 1
-        assert stats["done"] == 1
-        assert stats["failed"] == 0
+        snapshot = pool.snapshot()
+        assert snapshot.restarts == 1
+        assert snapshot.done == 1
+        assert snapshot.failed == 0
 
 
 def test_retries_exhausted_raise_worker_crashed(tmp_path):

@@ -149,7 +149,7 @@ def test_serialization_errors_do_not_count_as_crashes():
                 pool.submit(fn, *args).result(WAIT)
         # Same worker all along: nothing was killed or restarted.
         assert pool.submit(_tasks.getpid).result(WAIT) == pid
-        assert pool.stats()["restarts"] == 0
+        assert pool.snapshot().restarts == 0
 
 
 @pytest.mark.timeout(60)

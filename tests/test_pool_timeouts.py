@@ -29,9 +29,9 @@ def test_pool_timeout_kills_a_hung_task():
         # The pool is healthy afterwards, on a new worker.
         assert pool.submit(_tasks.getpid).result(WAIT) != pid
         assert pool.submit(_tasks.square, 3).result(WAIT) == 9
-        stats = pool.stats()
-        assert stats["timeouts"] == 1
-        assert stats["restarts"] == 1
+        snapshot = pool.snapshot()
+        assert snapshot.timed_out == 1
+        assert snapshot.restarts == 1
 
 
 def test_submit_timeout_kills_a_hung_task():
@@ -40,7 +40,7 @@ def test_submit_timeout_kills_a_hung_task():
         with pytest.raises(TaskTimeout):
             future.result(WAIT)
         assert pool.submit(_tasks.square, 3).result(WAIT) == 9
-        assert pool.stats()["timeouts"] == 1
+        assert pool.snapshot().timed_out == 1
 
 
 def test_submit_timeout_overrides_the_pool_timeout():
@@ -53,14 +53,14 @@ def test_submit_timeout_overrides_the_pool_timeout():
         assert (
             pool.options(timeout=None).submit(_tasks.sleep_then, "free", 0.6).result(WAIT) == "free"
         )
-        assert pool.stats()["timeouts"] == 0
+        assert pool.snapshot().timed_out == 0
 
 
 def test_fast_tasks_are_unaffected_by_the_timeout():
     with WorkerPool(2, timeout=WAIT) as pool:
         futures = [pool.submit(_tasks.square, i) for i in range(200)]
         assert [f.result(WAIT) for f in futures] == [i * i for i in range(200)]
-        assert pool.stats()["timeouts"] == 0
+        assert pool.snapshot().timed_out == 0
 
 
 def test_tasks_queued_behind_a_hung_task_still_run():

@@ -22,7 +22,7 @@ from memwise.errors import (
     WorkerCrashed,
     WorkerInitError,
 )
-from memwise.pool.queue import slot_for
+from memwise.pool.queue import lane_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -135,7 +135,7 @@ def test_keyed_tasks_run_in_order_on_their_lane(backend):
             pids, counts = zip(*(f.result(WAIT) for f in found), strict=True)
             assert len(set(pids)) == 1  # one lane, one worker
             assert list(counts) == sorted(counts)  # in submission order
-        lanes = {key: slot_for(key, 2) for key in futures}
+        lanes = {key: lane_for(key, 2) for key in futures}
         by_lane = {lanes[key]: found[0].result(WAIT)[0] for key, found in futures.items()}
         for key, found in futures.items():
             assert found[0].result(WAIT)[0] == by_lane[lanes[key]]
@@ -167,7 +167,7 @@ def test_a_crash_fails_only_its_task(backend, tmp_path):
         assert info.value.pid == pid
         assert "exit_with" in str(info.value) and str(pid) in str(info.value)
         assert after.result(WAIT) != pid  # queued behind it: not lost, run by a replacement
-        assert pool.stats()["restarts"] == 1
+        assert pool.snapshot().restarts == 1
 
 
 def test_retries_rerun_a_crashed_task(backend, tmp_path):
@@ -198,7 +198,7 @@ def test_recycling_by_task_count(backend):
         pids = [pool.submit(_tasks.getpid).result(WAIT) for _ in range(7)]
         assert [len(set(pids[i : i + 3])) for i in (0, 3)] == [1, 1]
         assert len(set(pids)) == 3
-        assert pool.stats()["recycles"]["tasks"] >= 2
+        assert pool.snapshot().recycles["tasks"] >= 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,13 +227,13 @@ def test_recycling_by_private_memory(ray_cluster):
     with make_pool("ray", workers=1, recycle=Recycle(memory="1 MiB")) as pool:
         pids = [pool.submit(_tasks.getpid).result(WAIT) for _ in range(3)]
         assert len(set(pids)) == 3  # every worker holds more than 1 MiB of its own
-        assert pool.stats()["recycles"]["memory"] >= 2
+        assert pool.snapshot().recycles["memory"] >= 2
 
 
 def test_snapshot_and_events_follow_the_tasks(ray_cluster):
     events = []
     with make_pool("ray") as pool:
-        unsubscribe = pool.subscribe(events.append)
+        subscription = pool.subscribe(events.append)
         pool.submit(_tasks.square, 3).result(WAIT)
         with pytest.raises(ValueError):
             pool.submit(_tasks.raise_value_error, "x").result(WAIT)
@@ -241,7 +241,7 @@ def test_snapshot_and_events_follow_the_tasks(ray_cluster):
         assert (snapshot.submitted, snapshot.done, snapshot.failed) == (2, 1, 1)
         assert snapshot.durations.count == 1
         assert snapshot.state == "running"
-        unsubscribe()
+        subscription.close()
     kinds = [e.kind for e in events]
     assert kinds[:3] == ["task_submitted", "task_started", "task_finished"]
     assert "task_failed" in kinds

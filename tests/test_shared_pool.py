@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from memwise import shared
-from memwise.errors import SharedMemoryError, SharedMemoryExhausted
+from memwise.errors import ClosedError, SharedMemoryExhausted
 from memwise.shared import SlotPool, slot_array, sweep_orphans
 from memwise.shared._guard import Guard
 from memwise.shared._sizes import MIN_SIZE, size_class
@@ -176,7 +176,7 @@ def test_close_unlinks_everything_but_live_arrays_keep_working() -> None:
     array[:] = 1.0  # still mapped
     assert array.sum() == 1000
     del array  # releasing into a closed pool is harmless
-    with pytest.raises(SharedMemoryError, match="closed"):
+    with pytest.raises(ClosedError, match="closed"):
         pool.allocate(KiB)
 
 

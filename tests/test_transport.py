@@ -376,10 +376,10 @@ def unwedged(pool: WorkerPool) -> Iterator[WorkerPool]:
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         pool._supervisor.join(5.0)
-        for row in pool.stats()["slots"]:
-            if row["pid"] is not None:
+        for row in pool.snapshot().workers:
+            if row.pid is not None:
                 with suppress(ProcessLookupError):
-                    os.kill(row["pid"], signal.SIGKILL)
+                    os.kill(row.pid, signal.SIGKILL)
         pool.shutdown(wait=True)
 
 
@@ -515,7 +515,7 @@ if __name__ == "__main__":
     for _ in range(3):  # warm: result slots exist and workers hold restocked ones
         pool.submit(np.subtract, 1.0, array).result(60)
     futures = [pool.submit(np.subtract, 1.0, array) for _ in range(6)]
-    print(*(row["pid"] for row in pool.stats()["slots"]))
+    print(*(row.pid for row in pool.snapshot().workers))
     mine = [n for n in list_segments() if parse(n) and parse(n).owner == current_owner()]
     print(*mine, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -599,7 +599,7 @@ def test_full_dev_shm_fails_the_future_clearly(
         monkeypatch.undo()
         array = big_array()
         assert pool.submit(tasks.checksum, array).result(WAIT) == tasks.checksum(array)
-        assert pool.stats()["restarts"] == 0
+        assert pool.snapshot().restarts == 0
 
 
 def test_full_dev_shm_in_the_worker_sends_results_inline() -> None:

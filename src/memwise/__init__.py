@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WorkerPool": "memwise.pool.api",
+    "Pipeline": "memwise.pipeline.api",
+    "BufferPool": "memwise.buffers",
     "Recycle": "memwise.pool.policies",
     "MemoryBudget": "memwise.budget",
     "MemoryBudgetExceeded": "memwise.errors",
@@ -23,9 +25,11 @@ _EXPORTS = {
     "Sessions": "memwise.actors",
     "spawn": "memwise.actors",
     "BrokenPool": "memwise.errors",
+    "ClosedError": "memwise.errors",
     "MemwiseError": "memwise.errors",
     "RemoteError": "memwise.errors",
     "SerializationError": "memwise.errors",
+    "SharedMemoryError": "memwise.errors",
     "TaskTimeout": "memwise.errors",
     "WorkerCrashed": "memwise.errors",
     "WorkerInitError": "memwise.errors",
@@ -34,13 +38,17 @@ _EXPORTS = {
 __all__ = [
     "Actor",
     "BrokenPool",
+    "BufferPool",
+    "ClosedError",
     "MemoryBudget",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "Pipeline",
     "Recycle",
     "RemoteError",
     "SerializationError",
     "Sessions",
+    "SharedMemoryError",
     "TaskTimeout",
     "WorkerCrashed",
     "WorkerInitError",
@@ -53,16 +61,20 @@ if TYPE_CHECKING:
 
     from memwise.actors import Actor, Sessions, spawn
     from memwise.budget import MemoryBudget
+    from memwise.buffers import BufferPool
     from memwise.errors import (
         BrokenPool,
+        ClosedError,
         MemoryBudgetExceeded,
         MemwiseError,
         RemoteError,
         SerializationError,
+        SharedMemoryError,
         TaskTimeout,
         WorkerCrashed,
         WorkerInitError,
     )
+    from memwise.pipeline.api import Pipeline
     from memwise.pool.api import WorkerPool
     from memwise.pool.policies import Recycle
 

@@ -26,6 +26,8 @@ Directions and lifetimes (the protocol is :mod:`memwise.shared`'s):
 from __future__ import annotations
 
 import pickle
+import sys
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -244,10 +246,35 @@ def returned(handles: list[SlotHandle], pid: int) -> None:
         shared.default_pool().returned(handles, by=pid)
 
 
+_pools_open = 0
+_pools_lock = threading.Lock()
+
+
+def pool_opened() -> None:
+    """A pool of this process starts using the default slot pool."""
+    global _pools_open
+    with _pools_lock:
+        _pools_open += 1
+
+
+def pool_closed() -> None:
+    """A pool has shut down; the last one to go unlinks the free slots it leaves behind.
+
+    Slots still viewed by results the program holds are freed when those go (and then unlinked
+    after the slot pool's idle period).
+    """
+    global _pools_open
+    with _pools_lock:
+        _pools_open -= 1
+        last = _pools_open == 0
+    if last and "memwise.shared" in sys.modules:
+        from memwise import shared
+
+        shared.trim()
+
+
 def reclaim(pid: int) -> None:
     """A worker exited: end its loans, unlink what it created or held and never handed over."""
-    import sys
-
     if "memwise.shared" in sys.modules:
         from memwise import shared
 

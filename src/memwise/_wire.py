@@ -17,6 +17,9 @@ from typing import Any, Protocol, Union
 from memwise.errors import RemoteError, RemoteTraceback, SerializationError, SharedMemoryError
 
 PROTOCOL = 5
+# A ``__reduce__`` (or a constructor run by unpickling) that calls ``sys.exit`` has failed to
+# (un)pickle like any other: it must fail that one call, not end a worker or the supervisor.
+_PICKLING_FAILURES = (Exception, SystemExit)
 
 # What failed to travel, for the error message; a callable defers building the text to the
 # error path, since formatting it on every call costs as much as pickling a small call.
@@ -58,13 +61,13 @@ def dumps(
     when they may come from an interactive ``__main__``. ``buffer_callback`` takes large
     buffers out of band (see :mod:`memwise._oob`).
     """
-    first_error: Exception | None = None
+    first_error: BaseException | None = None
     if not (calls and _interactive_main()):
         try:
             return pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
         except SharedMemoryError:
             raise  # no room for a buffer: pickling the object another way cannot help
-        except Exception as exc:
+        except _PICKLING_FAILURES as exc:
             first_error = exc
     try:
         import cloudpickle
@@ -74,7 +77,7 @@ def dumps(
         return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     except SharedMemoryError:
         raise
-    except Exception as exc:
+    except _PICKLING_FAILURES as exc:
         raise SerializationError(
             f"could not pickle {_text(what)}: {first_error or exc!r}; pass picklable values "
             "(module-level functions, plain data, numpy arrays) or make the object picklable"
@@ -85,7 +88,7 @@ def loads(data: bytes, what: What, buffers: list[Any] | None = None) -> Any:
     """Unpickle ``data``; failures (missing modules, broken ``__reduce__``) become typed errors."""
     try:
         return pickle.loads(data, buffers=buffers)
-    except Exception as exc:
+    except _PICKLING_FAILURES as exc:
         raise SerializationError(
             f"could not unpickle {_text(what)}: {exc!r}; check that the class is importable in "
             "both processes and that its constructor accepts what __reduce__ gives it"

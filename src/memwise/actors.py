@@ -8,25 +8,37 @@ Inside one long-running process that never happens; a process per object makes i
 An actor is a one-worker :class:`~memwise.pool.WorkerPool` whose initializer builds the object,
 so it inherits the pool's crash handling: a crash restarts the process (re-running the
 constructor) up to ``restarts`` times, the call in flight is retried once, and latest-wins
-calls are the pool's coalescing. ``isolation="never"`` runs the same object in a thread of this
-process with the same interface, for platforms or moments where processes are not an option.
+calls are the pool's coalescing, and an overdue call (``actor.options(timeout=...)``) kills
+the process, which is replaced. ``isolation="never"`` runs the same object in a thread of this
+process with the same interface, for platforms or moments where processes are not an option;
+``"auto"`` picks by platform and can be overridden with the ``MEMWISE_ISOLATION`` environment
+variable.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Generic, Literal, TypeVar
 
-from memwise.errors import BrokenPool, WorkerInitError
+from memwise._actor_thread import Spec
+from memwise._actor_thread import ThreadBackend as _ThreadBackend
+from memwise._actor_thread import qualname as _name
+from memwise.errors import BrokenPool, ClosedError, SerializationError, WorkerInitError
 
-__all__ = ["Actor", "Sessions", "spawn"]
+__all__ = ["ENV_VAR", "Actor", "ActorCaller", "Sessions", "spawn"]
 
 Isolation = Literal["auto", "always", "never"]
 K = TypeVar("K", bound=Hashable)
+ENV_VAR = "MEMWISE_ISOLATION"
+# The actor's own default per-call timeout (as opposed to None: no limit).
+_INHERIT: Any = object()
 
 # The object an actor process hosts (one per process).
 _instance: Any = None
@@ -39,6 +51,49 @@ def _construct(cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
 def _invoke(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return getattr(_instance, name)(*args, **kwargs)
+
+
+def resolve_isolation(isolation: Isolation) -> Isolation:
+    """What ``isolation`` means on this machine: ``"auto"`` is decided here.
+
+    ``$MEMWISE_ISOLATION`` (``auto``, ``always`` or ``never``), if set, replaces ``"auto"``;
+    an explicit ``"always"`` or ``"never"`` in code is kept. ``"auto"`` stays ``"auto"`` (a
+    process, with a thread as fallback) where processes are dependable, and becomes
+    ``"never"`` on Windows, where starting a process per document is slow and fragile.
+    """
+    if isolation not in ("auto", "always", "never"):
+        raise ValueError(f"isolation must be 'auto', 'always' or 'never', not {isolation!r}")
+    if isolation != "auto":
+        return isolation
+    chosen = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
+    if chosen not in ("auto", "always", "never"):
+        raise ValueError(
+            f"the environment variable {ENV_VAR}={os.environ[ENV_VAR]!r} must be 'auto', "
+            "'always' or 'never'; unset it or fix it"
+        )
+    if chosen == "auto" and sys.platform == "win32":
+        return "never"
+    return chosen  # type: ignore[return-value]
+
+
+class ActorCaller:
+    """An actor with call options bound: ``actor.options(timeout=2).latest("preview", p)``."""
+
+    def __init__(self, actor: Actor, timeout: float | None) -> None:
+        self._actor = actor
+        self._timeout = timeout
+
+    def options(self, *, timeout: float | None = _INHERIT) -> ActorCaller:
+        """A copy with other options."""
+        return ActorCaller(self._actor, self._timeout if timeout is _INHERIT else timeout)
+
+    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """As :meth:`Actor.call`, with these options."""
+        return self._actor._call(name, args, kwargs, latest=False, timeout=self._timeout)
+
+    def latest(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """As :meth:`Actor.latest`, with these options."""
+        return self._actor._call(name, args, kwargs, latest=True, timeout=self._timeout)
 
 
 class Actor:
@@ -56,20 +111,24 @@ class Actor:
         *,
         isolation: Isolation = "auto",
         restarts: int = 3,
+        timeout: float | None = None,
+        trim: bool = False,
         start_method: str | None = None,
         init_timeout: float = 60.0,
     ) -> None:
-        if isolation not in ("auto", "always", "never"):
-            raise ValueError(f"isolation must be 'auto', 'always' or 'never', not {isolation!r}")
         self._spec = (cls, args, kwargs)
-        self._isolation = isolation
+        self._isolation = resolve_isolation(isolation)
         self._restarts = restarts
+        self._timeout = timeout
+        self._trim = trim
         self._start_method = start_method
         self._init_timeout = init_timeout
         self._lock = threading.Lock()
         self._backend: _ProcessBackend | _ThreadBackend | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._pending = 0
+        self._last_active = time.monotonic()
 
     @property
     def isolation(self) -> str:
@@ -85,39 +144,94 @@ class Actor:
         backend = self._backend
         return backend.pid() if isinstance(backend, _ProcessBackend) else None
 
+    @property
+    def restarts(self) -> int:
+        """How many times the object was built anew after a crash or an overdue call."""
+        backend = self._backend
+        return 0 if backend is None else backend.restarts()
+
+    @property
+    def idle_for(self) -> float:
+        """Seconds since the last call finished; 0.0 while a call is queued or running."""
+        # Without the lock, which a starting process holds for seconds: two plain reads.
+        pending, last_active = self._pending, self._last_active
+        return 0.0 if pending else time.monotonic() - last_active
+
+    def options(self, *, timeout: float | None = _INHERIT) -> ActorCaller:
+        """This actor with call options bound: ``actor.options(timeout=2).call("f", x)``.
+
+        ``timeout``: seconds a call may run; an overdue call's process is killed and
+        replaced (re-running the constructor, counted in :attr:`restarts`) and its future
+        fails with ``TaskTimeout``. In a thread, which cannot be killed, the call runs on
+        unobserved, calls queued behind it are cancelled, and a new thread with a new object
+        takes over.
+        """
+        return ActorCaller(self, self._timeout).options(timeout=timeout)
+
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Call method ``name`` of the hosted object; returns a future of its result."""
-        return self._call(name, args, kwargs, latest=False)
+        """Call method ``name`` of the hosted object; returns a future of its result.
+
+        Every keyword reaches the method; call options go through :meth:`options`.
+        """
+        return self._call(name, args, kwargs, latest=False, timeout=self._timeout)
 
     def latest(self, name: str, /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Like :meth:`call`, but queued, not-yet-started calls of ``name`` are cancelled.
 
         For interactive previews: only the newest request matters.
         """
-        return self._call(name, args, kwargs, latest=True)
+        return self._call(name, args, kwargs, latest=True, timeout=self._timeout)
 
     def _call(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], latest: bool
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        latest: bool,
+        timeout: float | None,
     ) -> Future[Any]:
+        # Busy from here on, so that Sessions' idle reaper leaves an actor whose process is
+        # still starting for this call alone.
+        with self._lock:
+            self._pending += 1
+            self._last_active = time.monotonic()
         try:
-            return self._started().call(name, args, kwargs, latest)
-        except (WorkerInitError, BrokenPool) as exc:
-            # The constructor failed, or the process crashed more than `restarts` times:
-            # every call fails with that, on its future, as in a thread.
-            failed: Future[Any] = Future()
-            failed.set_exception(exc)
-            return failed
+            future = self._started().call(name, args, kwargs, latest, timeout)
+        except (WorkerInitError, BrokenPool, SerializationError) as exc:
+            # The constructor failed, its arguments cannot travel, or the process crashed
+            # more than `restarts` times: every call fails with that, on its future.
+            future = Future()
+            future.set_exception(exc)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)  # at once if it is already done
+        return future
 
-    def close(self, wait: bool = True) -> None:
+    def touch(self) -> None:
+        """Count this moment as use (for :class:`Sessions`' ``idle``)."""
+        with self._lock:
+            self._last_active = time.monotonic()
+
+    def _finished(self, _future: Future[Any] | None) -> None:
+        with self._lock:
+            self._pending -= 1
+            self._last_active = time.monotonic()
+
+    def close(self, wait: bool = True, timeout: float | None = 2.0) -> None:
         """End the hosting process (its memory returns to the OS); queued calls are cancelled.
 
+        The running call gets ``timeout`` seconds to finish (None: as long as it takes); then
+        the process is killed and the call fails with ``BrokenPool``. A thread cannot be
+        killed: past ``timeout``, close returns and the thread ends when its call returns.
         With ``wait=False``, return at once; the process ends after its current call.
         """
         with self._lock:
             self._closed = True
             backend, self._backend = self._backend, None
         if backend is not None:
-            backend.close(wait)
+            backend.close(wait, timeout)
 
     def __enter__(self) -> Actor:
         return self
@@ -128,54 +242,56 @@ class Actor:
     def _started(self) -> _ProcessBackend | _ThreadBackend:
         with self._lock:
             if self._closed:
-                raise RuntimeError("this actor is closed")
+                raise ClosedError("this actor is closed; spawn a new one")
             if self._error is not None:
                 raise self._error
             if self._backend is None:
                 try:
                     self._backend = self._start()
-                except (WorkerInitError, BrokenPool) as exc:
+                except (WorkerInitError, BrokenPool, SerializationError) as exc:
                     self._error = exc
                     raise
             return self._backend
 
     def _start(self) -> _ProcessBackend | _ThreadBackend:
         if self._isolation == "never":
-            return _ThreadBackend(*self._spec)
+            return _ThreadBackend(self._spec, self._trim)
         try:
             return _ProcessBackend(
-                self._spec, self._restarts, self._start_method, self._init_timeout
+                self._spec, self._restarts, self._start_method, self._init_timeout, self._trim
             )
-        except (OSError, BrokenPool, WorkerInitError) as exc:
+        except (OSError, BrokenPool, WorkerInitError, SerializationError) as exc:
             if self._isolation == "always" or not _no_process(exc):
                 raise
-            warnings.warn(
-                f"could not start a process for {_name(self._spec[0])} ({exc}); running it in "
-                "a thread of this process instead (isolation='auto')",
-                RuntimeWarning,
-                stacklevel=4,
+            reason = (
+                "its constructor arguments cannot be pickled"
+                if isinstance(exc, SerializationError)
+                else "could not start a process"
             )
-            return _ThreadBackend(*self._spec)
+            warnings.warn(
+                f"{_name(self._spec[0])}: {reason} ({exc}); running it in a thread of this "
+                "process instead (isolation='auto')",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return _ThreadBackend(self._spec, self._trim)
 
 
 def _no_process(exc: BaseException) -> bool:
-    """Whether the OS refused a process (fall back to a thread), as opposed to the object's
-    constructor failing or killing its process (which it would do in a thread too, taking this
-    process down with it)."""
-    return isinstance(exc, OSError) or isinstance(exc.__cause__, OSError)
-
-
-def _name(cls: Callable[..., Any]) -> str:
-    return getattr(cls, "__qualname__", repr(cls))
+    """Whether no process can host the object (fall back to a thread): the OS refused one,
+    or the constructor's arguments cannot travel to one; as opposed to the constructor failing
+    or killing its process (which it would do in a thread too, taking this process down)."""
+    return isinstance(exc, (OSError, SerializationError)) or isinstance(exc.__cause__, OSError)
 
 
 class _ProcessBackend:
     def __init__(
         self,
-        spec: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+        spec: Spec,
         restarts: int,
         start_method: str | None,
         init_timeout: float,
+        trim: bool,
     ) -> None:
         from memwise.pool.api import WorkerPool
 
@@ -186,61 +302,29 @@ class _ProcessBackend:
             init_timeout=init_timeout,
             retries=1,
             max_restarts=restarts,
+            trim=trim,
             start_method=start_method,
         )
 
     def pid(self) -> int | None:
-        pid = self._pool.stats()["slots"][0]["pid"]
-        return None if pid is None else int(pid)
+        return self._pool.snapshot().workers[0].pid
+
+    def restarts(self) -> int:
+        return self._pool.snapshot().restarts
 
     def call(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], latest: bool
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        latest: bool,
+        timeout: float | None,
     ) -> Future[Any]:
-        return self._pool.options(coalesce=name if latest else None).submit(
-            _invoke, name, args, kwargs
-        )
+        options = self._pool.options(coalesce=name if latest else None, timeout=timeout)
+        return options.submit(_invoke, name, args, kwargs)
 
-    def close(self, wait: bool) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=True)
-
-
-class _ThreadBackend:
-    """The same object in one thread of this process, calls in order, latest-wins included."""
-
-    def __init__(
-        self, cls: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"memwise-{_name(cls)}")
-        self._instance = self._executor.submit(cls, *args, **kwargs)
-        self._lock = threading.Lock()
-        self._latest: dict[str, Future[Any]] = {}
-
-    def call(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], latest: bool
-    ) -> Future[Any]:
-        with self._lock:
-            if latest:
-                previous = self._latest.get(name)
-                if previous is not None:
-                    previous.cancel()
-            future = self._executor.submit(self._invoke, name, args, kwargs)
-            if latest:
-                self._latest[name] = future
-        return future
-
-    def _invoke(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # The constructor ran first on this same thread; its error is every call's error,
-        # reported as a process actor reports it.
-        try:
-            instance = self._instance.result()
-        except BaseException as exc:
-            raise WorkerInitError(
-                f"the actor's constructor raised {type(exc).__name__}: {exc}"
-            ) from exc
-        return getattr(instance, name)(*args, **kwargs)
-
-    def close(self, wait: bool) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+    def close(self, wait: bool, timeout: float | None) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True, timeout=timeout)
 
 
 def spawn(
@@ -249,6 +333,8 @@ def spawn(
     *args: Any,
     isolation: Isolation = "auto",
     restarts: int = 3,
+    timeout: float | None = None,
+    trim: bool = False,
     start_method: str | None = None,
     init_timeout: float = 60.0,
     **kwargs: Any,
@@ -256,12 +342,16 @@ def spawn(
     """An :class:`Actor` hosting ``cls(*args, **kwargs)`` in its own process.
 
     Args:
-        isolation: ``"always"``: a process, or an error; ``"never"``: a thread of this
-            process; ``"auto"``: a process, falling back to a thread (with a warning) if a
-            process cannot be started.
-        restarts: how many times a crashed process is restarted (re-running the
-            constructor) before calls fail with ``BrokenPool``. The call in flight when it
-            crashed is retried once, then fails with ``WorkerCrashed``.
+        isolation: ``"always"``: a process, or an error (also for constructor arguments
+            that cannot be pickled); ``"never"``: a thread of this process; ``"auto"``
+            (see :func:`resolve_isolation`, and ``$MEMWISE_ISOLATION``): a process where
+            processes are dependable, falling back to a thread, with a warning, if a process
+            cannot be started or the arguments cannot be pickled.
+        restarts: how many times the process is restarted (re-running the constructor)
+            after a crash or an overdue call before calls fail with ``BrokenPool``. The call
+            in flight when it crashed is retried once, then fails with ``WorkerCrashed``.
+        timeout: the default time limit of every call (see :meth:`Actor.options`).
+        trim: give freed heap memory back to the OS after every call (glibc ``malloc_trim``).
         start_method, init_timeout: as for :class:`~memwise.pool.WorkerPool`.
 
     These keywords are spawn's own; pass a constructor argument of the same name through
@@ -273,6 +363,8 @@ def spawn(
         kwargs,
         isolation=isolation,
         restarts=restarts,
+        timeout=timeout,
+        trim=trim,
         start_method=start_method,
         init_timeout=init_timeout,
     )
@@ -283,32 +375,57 @@ class Sessions(Generic[K]):
 
     ``sessions[key]`` returns the key's actor, creating it with ``factory(key)``; creating one
     beyond ``keep`` closes the least recently used (in the background: its process ends after
-    its current call), so about ``keep`` processes hold memory.
+    its current call), so about ``keep`` processes hold memory. With ``idle``, an actor
+    unused for that many seconds is closed too, so an application that stops using its
+    sessions gives their memory back.
     """
 
-    def __init__(self, factory: Callable[[K], Actor], keep: int = 2) -> None:
+    def __init__(
+        self, factory: Callable[[K], Actor], keep: int = 2, idle: float | None = None
+    ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
+        if idle is not None and idle <= 0:
+            raise ValueError(f"idle must be a positive number of seconds or None, got {idle}")
         self._factory = factory
         self.keep = keep
+        self.idle = idle
         self._actors: OrderedDict[K, Actor] = OrderedDict()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     def __getitem__(self, key: K) -> Actor:
         with self._lock:
             actor = self._actors.get(key)
             if actor is not None:
                 self._actors.move_to_end(key)
+                actor.touch()
                 return actor
             actor = self._factory(key)
             self._actors[key] = actor
             evicted = []
             while len(self._actors) > self.keep:
                 evicted.append(self._actors.popitem(last=False)[1])
+            if self.idle is not None and self._reaper is None:
+                self._stop.clear()
+                self._reaper = threading.Thread(
+                    target=self._reap, args=(self.idle,), name="memwise-sessions", daemon=True
+                )
+                self._reaper.start()
         for old in evicted:
             # Without waiting: switching to a new key must not wait for the old key's call.
             old.close(wait=False)
         return actor
+
+    def _reap(self, idle: float) -> None:
+        """Close actors unused for ``idle`` seconds, until the sessions are closed."""
+        while not self._stop.wait(min(max(idle / 4, 0.05), 1.0)):
+            with self._lock:
+                expired = [key for key, actor in self._actors.items() if actor.idle_for >= idle]
+                actors = [self._actors.pop(key) for key in expired]
+            for actor in actors:
+                actor.close(wait=False)
 
     def __contains__(self, key: object) -> bool:
         return key in self._actors
@@ -327,9 +444,14 @@ class Sessions(Generic[K]):
             if key is None:
                 actors = list(self._actors.values())
                 self._actors.clear()
+                reaper, self._reaper = self._reaper, None
+                self._stop.set()
             else:
                 popped = self._actors.pop(key, None)
                 actors = [] if popped is None else [popped]
+                reaper = None
+        if reaper is not None:
+            reaper.join()
         for actor in actors:
             actor.close()
 

@@ -12,6 +12,12 @@ bound on memory, and a caller that waits is how back-pressure reaches the produc
 A buffer's contents are whatever its previous holder left. ``release`` takes the very array
 ``acquire`` returned; a view, a copy, a foreign array or a second release raises ValueError.
 
+``acquire(auto_release=True)`` hands out a lease that also returns itself when the array (and
+every view of it) is garbage collected: a safety net for frames that travel far (through a
+pipeline, into callbacks) and may be forgotten. Explicit ``release`` stays the normal path.
+
+``available`` counts free buffers; ``resize(shape)`` reallocates them while none is leased.
+
 ``shared=True`` puts the buffers in shared-memory slots (``memwise.shared``), so that a leased
 buffer sent to a worker travels as a slot handle, without a copy. Release such a buffer only once
 the tasks it was sent to have finished: the next holder overwrites it.
@@ -20,6 +26,7 @@ the tasks it was sent to have finished: the next holder overwrites it.
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +34,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from memwise import shared
-from memwise.errors import BufferPoolExhausted
+from memwise.errors import BufferPoolExhausted, ClosedError
 from memwise.shared import SlotPool
 
 __all__ = ["BufferPool", "BufferPoolStats"]
@@ -90,27 +97,40 @@ class BufferPool:
         self.dtype = np.dtype(dtype)
         self.size = size
         self.shared = shared
-        self._lock = threading.Lock()
+        self._slot_pool = pool
+        # Reentrant: an auto-release lease may be collected (and give its buffer back) by a
+        # garbage collection that runs while this very thread holds the lock.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._waiting = 0  # acquires blocked in wait: notify only when someone listens
-        buffers = [self._make(pool) for _ in range(size)]
+        buffers = [self._make() for _ in range(size)]
         self._buffers = {id(buffer): buffer for buffer in buffers}  # all not yet disposed
         self._free = buffers  # a stack: the most recently used buffer is warm in cache
         self._held: set[int] = set()
+        # id(keeper) -> (keeper, its finalizer): the auto-release leases out now.
+        self._auto: dict[int, tuple[weakref.ref[np.ndarray], weakref.finalize]] = {}
         self._peak = self._acquired = self._waits = self._timeouts = 0
         self._closed = False
 
-    def _make(self, pool: SlotPool | None) -> np.ndarray:
+    def _make(self) -> np.ndarray:
         if self.shared:
-            return shared.zeros(self.shape, self.dtype, pool=pool)
+            return shared.zeros(self.shape, self.dtype, pool=self._slot_pool)
         buffer = np.empty(self.shape, self.dtype)
         buffer.reshape(-1).view(np.uint8).fill(0)  # fault every page in now, not on first use
         return buffer
 
-    def acquire(self, timeout: float | None = None) -> np.ndarray:
+    @property
+    def available(self) -> int:
+        """How many buffers are free now."""
+        with self._lock:
+            return len(self._free)
+
+    def acquire(self, timeout: float | None = None, *, auto_release: bool = False) -> np.ndarray:
         """A free buffer, waiting up to ``timeout`` seconds (None: forever) for one.
 
-        Raises BufferPoolExhausted if none comes back in time, ValueError once the pool is closed.
+        With ``auto_release``, the array returned is a view of the buffer that gives it back
+        when it and every array made from it are garbage collected (or on ``release(it)``).
+        Raises BufferPoolExhausted if none comes back in time, ClosedError once the pool is closed.
         """
         with self._lock:
             self._check_open()
@@ -134,26 +154,57 @@ class BufferPool:
             self._acquired += 1
             if len(self._held) > self._peak:
                 self._peak = len(self._held)
-            return buffer
+            return self._auto_lease(buffer) if auto_release else buffer
+
+    def _auto_lease(self, buffer: np.ndarray) -> np.ndarray:
+        # numpy collapses view chains down to the first base that is not an ndarray: a keeper
+        # built on a memoryview is therefore referenced by every array derived from the lease,
+        # and its finalizer fires only when the last of them is gone.
+        keeper = np.frombuffer(buffer.data, dtype=self.dtype)
+        finalizer = weakref.finalize(keeper, self._collected, id(keeper), buffer)
+        finalizer.atexit = False
+        self._auto[id(keeper)] = (weakref.ref(keeper), finalizer)
+        return keeper.reshape(self.shape)
+
+    def _collected(self, key: int, buffer: np.ndarray) -> None:
+        with self._lock:
+            self._auto.pop(key, None)
+            self._give_back(buffer)
+
+    def _find_auto(self, array: np.ndarray) -> weakref.finalize | None:
+        obj: object = array
+        while isinstance(obj, np.ndarray):
+            entry = self._auto.get(id(obj))
+            if entry is not None and entry[0]() is obj:
+                return entry[1]
+            obj = obj.base
+        return None
 
     def release(self, buffer: np.ndarray) -> None:
         """Give back a buffer from :meth:`acquire`; ValueError if it is not one, or is free."""
         with self._lock:
-            key = id(buffer)
-            if self._buffers.get(key) is not buffer:
-                raise ValueError(
-                    f"this array is not a buffer of {self!r}: release the array acquire() "
-                    "returned, not a view or a copy of it"
-                )
-            if key not in self._held:
-                raise ValueError(f"this buffer of {self!r} was already released")
-            self._held.remove(key)
-            if self._closed:
-                self._dispose(buffer)
-            else:
-                self._free.append(buffer)
-                if self._waiting:
-                    self._cond.notify()
+            finalizer = self._find_auto(buffer)
+            if finalizer is not None:
+                finalizer()
+                return
+            self._give_back(buffer)
+
+    def _give_back(self, buffer: np.ndarray) -> None:
+        key = id(buffer)
+        if self._buffers.get(key) is not buffer:
+            raise ValueError(
+                f"this array is not a buffer of {self!r}: release the array acquire() "
+                "returned, not a view or a copy of it"
+            )
+        if key not in self._held:
+            raise ValueError(f"this buffer of {self!r} was already released")
+        self._held.remove(key)
+        if self._closed:
+            self._dispose(buffer)
+        else:
+            self._free.append(buffer)
+            if self._waiting:
+                self._cond.notify()
 
     def lease(self, timeout: float | None = None) -> _Lease:
         """``with pool.lease() as buffer:`` acquire, then release however the block ends."""
@@ -169,6 +220,27 @@ class BufferPool:
                 waits=self._waits,
                 timeouts=self._timeouts,
             )
+
+    def resize(self, shape: int | tuple[int, ...], dtype: DTypeLike | None = None) -> None:
+        """Replace every buffer by one of ``shape`` (and ``dtype``); only while none is leased.
+
+        For a camera whose resolution changed. ValueError if a buffer is leased, ClosedError if
+        the pool is closed.
+        """
+        with self._lock:
+            self._check_open()
+            if self._held:
+                raise ValueError(
+                    f"{len(self._held)} buffer(s) of {self!r} are leased: release them "
+                    "before resize()"
+                )
+            for buffer in self._free:
+                self._dispose(buffer)
+            self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            if dtype is not None:
+                self.dtype = np.dtype(dtype)
+            self._free = [self._make() for _ in range(self.size)]
+            self._buffers = {id(buffer): buffer for buffer in self._free}
 
     def close(self) -> None:
         """Free the buffers; leased ones are freed when released. Waiting acquires fail."""
@@ -188,7 +260,7 @@ class BufferPool:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ValueError(f"{self!r} is closed")
+            raise ClosedError(f"{self!r} is closed; create a new one")
 
     def __enter__(self) -> BufferPool:
         return self

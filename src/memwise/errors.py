@@ -11,14 +11,27 @@ from concurrent.futures import BrokenExecutor
 __all__ = [
     "BrokenPool",
     "BufferPoolExhausted",
+    "ClosedError",
+    "DataError",
+    "DataNotFound",
+    "DependencyError",
+    "InsufficientMemory",
+    "InvalidAudio",
+    "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
+    "MissingMainGuard",
+    "PluginError",
+    "ProtocolError",
+    "ReentrantComputation",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "ServerConfigError",
     "SharedMemoryError",
     "SharedMemoryExhausted",
     "TaskTimeout",
+    "TranscriptionFailed",
     "WorkerCrashed",
     "WorkerInitError",
 ]
@@ -51,6 +64,14 @@ class BrokenPool(MemwiseError, BrokenExecutor):
     """
 
 
+class ClosedError(MemwiseError, RuntimeError):
+    """The object was closed or shut down (a pool, an actor, a BufferPool, a SlotPool).
+
+    One type for "used after close" everywhere; a ``RuntimeError``, as ``concurrent.futures``
+    raises for ``submit`` after ``shutdown``. Create a new object instead.
+    """
+
+
 class WorkerCrashed(MemwiseError):
     """The worker process running this task died (killed, segfault, ``os._exit``).
 
@@ -76,6 +97,15 @@ class TaskTimeout(MemwiseError, TimeoutError):
 
 class WorkerInitError(MemwiseError):
     """A worker's initializer raised, crashed or did not finish within ``init_timeout``."""
+
+
+class MissingMainGuard(WorkerInitError, RuntimeError):
+    """A pool was created while a new worker imported the main script.
+
+    Every worker started by forkserver or spawn imports the main script again, so code at its
+    top level runs in each of them. Put the code that creates pools (or actors) under
+    ``if __name__ == "__main__":``.
+    """
 
 
 class SerializationError(MemwiseError, TypeError):
@@ -118,3 +148,62 @@ class BufferPoolExhausted(MemwiseError, TimeoutError):
 
 class MemoryBudgetExceeded(MemwiseError):
     """A task or reservation waited longer than ``max_wait`` for room in a MemoryBudget."""
+
+
+class InsufficientMemory(MemwiseError):
+    """A configuration would need more memory than the machine has available.
+
+    Raised at start-up, before any work is accepted; the message gives the measured need, what
+    is available and the largest worker count that fits (``suggested``).
+    """
+
+    def __init__(self, message: str, suggested: int = 0) -> None:
+        super().__init__(message, suggested)
+        self.suggested = suggested
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidAudio(MemwiseError, ValueError):
+    """Audio that cannot be recognized as sent: not a WAV file, wrong sample rate, channels or
+    sample format, a truncated frame, or more than the server accepts. Nothing was queued."""
+
+
+class TranscriptionFailed(MemwiseError):
+    """A file's transcription was abandoned (its worker died mid-file, or it was cancelled);
+    the other files are unaffected."""
+
+
+class ProtocolError(MemwiseError, ValueError):
+    """A message on a network API broke its protocol: a malformed frame, an unknown message
+    type or task id, a task id already in use. The message says what to send instead; the
+    connection and every other task are unaffected."""
+
+
+class DataError(MemwiseError):
+    """Base class of the errors of ``memwise.data`` (plugins, lineage, storage)."""
+
+
+class PluginError(DataError, TypeError):
+    """A plugin is declared wrongly, failed to load, or broke its own contract (dtype, time)."""
+
+
+class DependencyError(DataError, LookupError):
+    """Nothing provides a dependency, a version constraint is unmet, or dependencies cycle."""
+
+
+class DataNotFound(DataError, LookupError):
+    """The data asked for is in no storage, and the caller asked not to compute it."""
+
+
+class ReentrantComputation(DataError, RuntimeError):
+    """This process is already computing the same (run, data name) and was asked to again."""
+
+
+class LockTimeout(DataError, TimeoutError):
+    """Another process held a data key's lock longer than ``lock_timeout`` seconds."""
+
+
+class ServerConfigError(MemwiseError, ValueError):
+    """The server cannot start as configured (e.g. a non-loopback bind without a token)."""

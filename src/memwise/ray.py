@@ -31,10 +31,12 @@ import ray.exceptions
 from memwise import _wire
 from memwise.errors import SerializationError
 from memwise.memory import private_memory, trim
-from memwise.pool.lane import Outcome, Status
-from memwise.pool.lanes import LaneConfig, LaneSupervisor, LaneTask
+from memwise.pool.events import PoolEvent
 from memwise.pool.options import TaskOptions
+from memwise.pool.remote_lane import Outcome, Status
+from memwise.pool.remote_lanes import LaneConfig, LaneSupervisor, LaneTask
 from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.subscribers import Subscription
 
 __all__ = ["LOOPBACK_NODE_IP", "LaneActor", "RayBackend", "connect"]
 
@@ -205,8 +207,11 @@ class RayBackend:
     def snapshot(self) -> PoolSnapshot:
         return self._supervisor.snapshot()
 
-    def subscribe(self, callback: Callable[..., None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
         return self._supervisor.hub.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
+        self._supervisor.hub.unsubscribe(callback)
 
     def resize(self, workers: int) -> None:
         self._supervisor.resize(workers)

@@ -137,7 +137,8 @@ def _idle_worker() -> Figures:
     from memwise.memory import usage
 
     with WorkerPool(1) as pool:  # returns once the worker is ready
-        pid = pool.stats()["slots"][0]["pid"]
+        pid = pool.snapshot().workers[0].pid
+        assert pid is not None  # the pool returns once its worker is ready
         measured = usage(pid)
         unique = psutil.Process(pid).memory_full_info().uss
     return {

@@ -7,6 +7,16 @@ Every system runs with two workers on four measurements:
 - ``map_per_s``: the library's own ``map`` over small integers (best of N);
 - ``scaling_2v1``: throughput of the same batch of numpy-heavy tasks on 2 workers over 1.
 
+And two figures of memwise's observing surface, with the issue's targets:
+
+- ``snapshot_8_us``: ``pool.snapshot()`` of an 8-worker pool with warm per-process caches
+  (median); target <= 200 µs.
+- ``events_idle_pct``: what events cost a task when nobody subscribed, as a share of the
+  per-task time measured by ``submit_per_s`` in the same run: each event site a task passes
+  (submitted, started, finished) is one truth test of the hub's subscriptions, timed here on
+  a real hub; target <= 3 %. ``submit_per_s_subscribed`` is the submit rate with one
+  subscriber attached, for comparison.
+
 Each library is driven through its natural API and its best documented setting; the adapters
 below say what they pass. Pools are started and warmed up before any timing, so start-up cost is
 not part of these figures.
@@ -20,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from rich.console import Console
 
@@ -39,6 +49,11 @@ from memwise.benchmarks._tasks import inc, noop, numpy_work
 __all__ = ["METRICS", "SYSTEMS", "print_table", "run"]
 
 WORKERS = 2
+SNAPSHOT_WORKERS = 8
+MAX_SNAPSHOT_US = 200.0
+MAX_EVENTS_IDLE_PCT = 3.0
+# Event sites every task passes: task_submitted, task_started, task_finished.
+EVENT_SITES_PER_TASK = 3
 
 # Where a library's own wait takes a deadline, a hung pool becomes a skipped system rather than a
 # benchmark that never ends. Far above any healthy wait, so it never shapes a figure.
@@ -67,10 +82,23 @@ class Sizes:
     map_repeats: int
     cpu_tasks: int
     cpu_repeats: int
+    snapshots: int = 2_000
 
 
 FULL = Sizes(20_000, 3, 2_000, 200_000, 3, 32, 3)
-QUICK = Sizes(2_000, 3, 200, 20_000, 3, 4, 2)
+QUICK = Sizes(2_000, 3, 200, 20_000, 3, 4, 2, snapshots=500)
+
+
+class Target(TypedDict):
+    value: float
+    target: str
+    met: bool
+
+
+class OverheadResult(BenchResult):
+    """Adds ``targets``: the issue's limits on memwise's own figures, from this run."""
+
+    targets: dict[str, Target]
 
 
 class Adapter(Protocol):
@@ -141,6 +169,19 @@ class _Memwise(_ExecutorAdapter):
 
     def _map_options(self, n_items: int) -> dict[str, int]:
         return {}
+
+
+class _SubscribedMemwise(_Memwise):
+    """``memwise.WorkerPool`` with one subscriber counting every event it is sent."""
+
+    def _create(self, workers: int) -> Any:
+        pool = super()._create(workers)
+        self.events = 0
+        pool.subscribe(self._count)
+        return pool
+
+    def _count(self, _event: object) -> None:
+        self.events += 1
 
 
 class _ProcessPoolExecutor(_ExecutorAdapter):
@@ -253,7 +294,7 @@ SYSTEMS: dict[str, Callable[[], Adapter]] = {
 }
 
 
-def run(systems: Sequence[str] | None = None, quick: bool = False) -> BenchResult:
+def run(systems: Sequence[str] | None = None, quick: bool = False) -> OverheadResult:
     """Measure ``systems`` (all by default) in this process; ``quick`` shrinks sizes ~10x.
 
     Sets the numpy thread variables to 1 in this process's environment, which the workers inherit.
@@ -266,17 +307,77 @@ def run(systems: Sequence[str] | None = None, quick: bool = False) -> BenchResul
     results, skipped = measure_systems(
         {name: functools.partial(_measure, SYSTEMS[name], sizes) for name in names}
     )
+    if "memwise" in results:
+        results["memwise"].update(_surface(sizes, results["memwise"]["submit_per_s"]))
     return {
         "benchmark": "overhead",
         "results": results,
         "skipped": skipped,
         "ratios": ratios_against(results, "memwise", METRICS),
+        "targets": _targets(results.get("memwise", {})),
     }
 
 
-def print_table(result: BenchResult, console: Console | None = None) -> None:
-    """Print the figures, memwise ÷ each peer, and the skipped systems with their reasons."""
+def print_table(result: OverheadResult, console: Console | None = None) -> None:
+    """Print the figures, memwise ÷ each peer, the skipped systems, and the targets."""
+    console = console or Console()
     print_result(result, METRICS, "memwise", console)
+    memwise = result["results"].get("memwise", {})
+    if "submit_per_s_subscribed" in memwise:
+        console.print(
+            f"memwise submit/s with one event subscriber: {memwise['submit_per_s_subscribed']:,.0f}"
+        )
+    for name, target in result["targets"].items():
+        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
+        console.print(f"{mark} {name}: {target['value']:,.2f} (target {target['target']})")
+
+
+def _targets(memwise: Figures) -> dict[str, Target]:
+    if "snapshot_8_us" not in memwise:
+        return {}
+    checks = {
+        "snapshot of an 8-worker pool, warm, µs": (memwise["snapshot_8_us"], MAX_SNAPSHOT_US),
+        "events with no subscriber, % of a task's submit cost": (
+            memwise["events_idle_pct"],
+            MAX_EVENTS_IDLE_PCT,
+        ),
+    }
+    return {
+        name: {"value": value, "target": f"<= {limit:g}", "met": value <= limit}
+        for name, (value, limit) in checks.items()
+    }
+
+
+def _surface(sizes: Sizes, submit_per_s: float) -> Figures:
+    """memwise's snapshot and event figures (see the module docstring)."""
+    from memwise import WorkerPool
+    from memwise.pool.subscribers import EventHub
+
+    with WorkerPool(SNAPSHOT_WORKERS) as pool:
+        pool.snapshot()  # fills the per-process caches
+        snapshot_us = median_time(pool.snapshot, sizes.snapshots) * 1e6
+
+    class Producer:  # the shape of the production check: ``self.events.subscriptions``
+        events = EventHub()
+
+    producer = Producer()
+    passes = 100_000
+
+    def idle_sites() -> None:
+        for _ in range(passes):
+            if producer.events.subscriptions:
+                raise AssertionError("nobody subscribed")
+
+    site_seconds = best_time(idle_sites, 5) / passes
+    idle_pct = 100.0 * EVENT_SITES_PER_TASK * site_seconds * submit_per_s
+
+    with _started(_SubscribedMemwise, WORKERS) as adapter:
+        subscribed = _submit_rate(adapter, sizes)
+    return {
+        "snapshot_8_us": snapshot_us,
+        "events_idle_pct": idle_pct,
+        "submit_per_s_subscribed": subscribed,
+    }
 
 
 def _check_names(systems: Sequence[str] | None) -> list[str]:

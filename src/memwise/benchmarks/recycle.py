@@ -117,7 +117,7 @@ class _Memwise:
         return self._pool.submit(fn, arg)
 
     def recycles(self, worker_pids: set[int]) -> int:
-        return sum(self._pool.stats()["recycles"].values())
+        return sum(self._pool.snapshot().recycles.values())
 
     def close(self) -> None:
         if self._pool is not None:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 # Name -> module, in the order the tour runs them.
 SCENARIOS: dict[str, str] = {
     "photos": "memwise.demos.photos",
+    "preview": "memwise.demos.preview",
+    "covers": "memwise.demos.covers",
+    "vision": "memwise.demos.vision",
+    "waveforms": "memwise.demos.waveforms",
 }
 
 

@@ -23,6 +23,7 @@ from memwise import shared
 from memwise.demos import Scenario
 from memwise.memory import format_size, usage
 from memwise.pool.api import WorkerPool
+from memwise.pool.snapshot import PoolSnapshot
 
 # The photographs that ship inside scikit-image (the others need a download).
 PHOTOS = (
@@ -93,7 +94,7 @@ class Outcome:
     failures: list[str]
     killed_pid: int | None
     seconds: float
-    stats: dict[str, Any]
+    snapshot: PoolSnapshot
     peak_worker_private: int
     expected: int
 
@@ -108,7 +109,7 @@ def run(*, short: bool, console: Console) -> Scenario:
         name="photos",
         checked=f"{len(outcome.results)}/{outcome.expected} graded, one worker killed",
         passed=passed,
-        figure=f"{outcome.seconds:.1f} s, {outcome.stats['restarts']} restart(s)",
+        figure=f"{outcome.seconds:.1f} s, {outcome.snapshot.restarts} restart(s)",
     )
 
 
@@ -147,11 +148,10 @@ def grade_all(
                     killed_pid = _kill_busy_worker(pool)
                     if killed_pid is not None:
                         console.print(f"[yellow]killed worker {killed_pid} mid-task (SIGKILL)")
-                stats = pool.stats()
-                progress.update(bar, advance=1, restarts=stats["restarts"])
-        stats = pool.stats()
+                progress.update(bar, advance=1, restarts=pool.snapshot().restarts)
+        snapshot = pool.snapshot()
     seconds = time.perf_counter() - started
-    return Outcome(results, failures, killed_pid, seconds, stats, peak, len(jobs))
+    return Outcome(results, failures, killed_pid, seconds, snapshot, peak, len(jobs))
 
 
 def report(outcome: Outcome, console: Console | None = None) -> bool:
@@ -164,7 +164,7 @@ def report(outcome: Outcome, console: Console | None = None) -> bool:
     table.add_row("completed", str(len(outcome.results)))
     table.add_row("failed", str(len(outcome.failures)))
     table.add_row("worker killed on purpose", str(outcome.killed_pid or "no"))
-    table.add_row("worker restarts", str(outcome.stats["restarts"]))
+    table.add_row("worker restarts", str(outcome.snapshot.restarts))
     table.add_row("wall time", f"{outcome.seconds:.2f} s")
     table.add_row("parent private memory", format_size(usage().private))
     table.add_row("peak private memory, all workers", format_size(outcome.peak_worker_private))
@@ -194,21 +194,15 @@ def _progress(console: Console) -> Progress:
 
 
 def _kill_busy_worker(pool: WorkerPool) -> int | None:
-    for slot in pool.stats()["slots"]:
-        if slot["state"] == "busy":
+    for worker in pool.snapshot().workers:
+        if worker.state == "busy" and worker.pid is not None:
             try:
-                os.kill(slot["pid"], signal.SIGKILL)
+                os.kill(worker.pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-            return int(slot["pid"])
+            return worker.pid
     return None
 
 
 def _workers_private(pool: WorkerPool) -> int:
-    total = 0
-    for slot in pool.stats()["slots"]:
-        try:
-            total += usage(slot["pid"], pss=False).private
-        except ProcessLookupError:
-            pass
-    return total
+    return sum(worker.private or 0 for worker in pool.snapshot().workers)

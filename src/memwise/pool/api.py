@@ -15,16 +15,17 @@ from typing import Any, TypeVar
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import SerializationError, SharedMemoryError
+from memwise.errors import BrokenPool, SerializationError, SharedMemoryError
 from memwise.memory import parse_size
 from memwise.pool.backend import PoolBackend
 from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
-from memwise.pool.queue import slot_for
-from memwise.pool.remote import remote_backend, stats_from
+from memwise.pool.queue import key_bytes
+from memwise.pool.remote import remote_backend
 from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.subscribers import Subscription
 from memwise.pool.supervisor import PoolConfig, Supervisor
 from memwise.pool.task import Task
 from memwise.pool.worker import PartialChunk, run_chunk
@@ -58,7 +59,7 @@ class WorkerPool(Executor):
     """A pool of supervised worker processes.
 
     Args:
-        workers: the number of worker slots, i.e. the most processes at once (default: the
+        workers: the number of worker lanes, i.e. the most processes at once (default: the
             number of usable CPUs). ``max_workers`` is a synonym.
         min_workers: processes kept alive even when idle (default: all of them). With fewer,
             workers start on demand and, with ``Recycle(idle=...)``, idle ones above the
@@ -128,12 +129,11 @@ class WorkerPool(Executor):
             raise ValueError(f"min_workers must be between 0 and {workers}, got {min_workers}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
-        self._workers = workers
         self._timeout = timeout
         self._budget = budget
-        self._backend: PoolBackend | None = None
+        self._remote: PoolBackend | None = None
         if backend != "local" or address is not None:
-            self._backend = remote_backend(
+            self._remote = remote_backend(
                 backend,
                 address=address,
                 workers=workers,
@@ -149,11 +149,11 @@ class WorkerPool(Executor):
                 start_method=start_method,
             )
             _live_pools.add(self)
-            weakref.finalize(self, self._backend.close, False)
+            weakref.finalize(self, self._remote.close, False)
             return
-        init_payload = None
+        init_payload, start_initargs = None, None
         if initializer is not None:
-            init_payload = _wire.dumps((initializer, initargs), "the initializer", calls=True)
+            init_payload, start_initargs = _pickle_initializer(initializer, initargs)
         self._shm_threshold = parse_size(shm_threshold)
         self._shm_fallback = shm_fallback
         self._supervisor = Supervisor(
@@ -161,6 +161,7 @@ class WorkerPool(Executor):
                 max_workers=workers,
                 min_workers=min_workers,
                 init_payload=init_payload,
+                start_initargs=start_initargs,
                 init_timeout=init_timeout,
                 retries=retries,
                 start_method=start_method,
@@ -177,8 +178,29 @@ class WorkerPool(Executor):
 
     @property
     def workers(self) -> int:
-        """The number of worker slots."""
-        return self._workers if self._backend is None else self._backend.workers
+        """The number of worker lanes (the most processes at once); see :meth:`resize`."""
+        if self._remote is not None:
+            return self._remote.workers
+        return self._supervisor.lanes.count
+
+    def resize(self, workers: int) -> None:
+        """Change the number of worker lanes while the pool runs.
+
+        Growing starts workers in the new lanes (with the default ``min_workers``, which
+        keeps every lane filled; otherwise on demand). Shrinking stops the workers of the
+        lanes above ``workers`` once they have finished every task they hold or that is
+        queued for them: nothing is lost or re-run. Keys are routed by rendezvous hashing,
+        so about ``1/workers`` of them move to another lane, and a key never moves while
+        one of its tasks is queued or running: its tasks keep their order across a resize.
+        ``min_workers`` is lowered to ``workers`` if it was above; if it was equal to the
+        old number of lanes (the default), it follows the new one.
+        """
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int of at least 1, got {workers!r}")
+        if self._remote is not None:
+            self._remote.resize(workers)
+            return
+        self._supervisor.resize(workers)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` in a worker and return its future.
@@ -214,10 +236,12 @@ class WorkerPool(Executor):
         memory = options.memory
         if memory and self._budget is None:
             raise ValueError("options(memory=...) reserves memory in a budget: pass budget= too")
-        if self._backend is not None:
+        if options.key is not None:
+            key_bytes(options.key)  # a key that cannot route fails here, before anything else
+        if self._remote is not None:
             if options.timeout is INHERIT:
                 options = replace(options, timeout=self._timeout)
-            return self._backend.submit(options, fn, args, kwargs)
+            return self._remote.submit(options, fn, args, kwargs)
         future: Future[T] = Future()
         outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
@@ -239,7 +263,6 @@ class WorkerPool(Executor):
             fn,
             self._timeout if options.timeout is INHERIT else options.timeout,
             key=options.key,
-            slot=None if options.key is None else slot_for(options.key, self._workers),
             priority=options.priority,
             coalesce=options.coalesce,
             memory=memory,
@@ -314,26 +337,39 @@ class WorkerPool(Executor):
     def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
         from memwise.progress import track
 
-        if self._backend is not None:
-            backend = self._backend
-            return track(results, total, lambda: backend.snapshot().restarts)
-        return track(results, total, lambda: self._supervisor.counts["restarts"])
+        if self._remote is not None:
+            remote = self._remote
+            return track(results, total, lambda: remote.snapshot().restarts)
+        return track(results, total, lambda: self._supervisor.tally.restarts)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Stop accepting tasks; let queued ones finish unless ``cancel_futures``.
 
-        With ``wait``, return once every worker process has exited.
+        With ``wait``, return once every worker process has exited. With ``timeout`` too,
+        wait that many seconds at most: workers still busy then are killed, and the futures
+        of their tasks (and of any still queued) fail with ``BrokenPool``.
         """
-        if self._backend is not None:
-            self._backend.close(cancel_futures)
+        if self._remote is not None:
+            self._remote.close(cancel_futures)
             if wait:
-                self._backend.join()
+                self._remote.join(timeout)
                 _live_pools.discard(self)
             return
         self._supervisor.close(cancel_futures)
-        if wait:
-            self._supervisor.join()
-            _live_pools.discard(self)  # without wait, exit still waits for the workers to end
+        if not wait:
+            return
+        if timeout is not None and not self._supervisor.join(timeout):
+            self._supervisor.terminate(
+                BrokenPool(
+                    f"the pool was shut down with timeout={timeout} s and this task had not "
+                    "finished by then; its worker was killed"
+                )
+            )
+        self._supervisor.join()
+        self._supervisor.events.close(wait=True)
+        _live_pools.discard(self)  # without wait, exit still waits for the workers to end
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.run(fn, *args)``: submit and wait without blocking the event loop.
@@ -342,38 +378,36 @@ class WorkerPool(Executor):
         """
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
 
-    def stats(self) -> dict[str, Any]:
-        """What the pool is doing and has done.
+    def snapshot(self) -> PoolSnapshot:
+        """What the pool is doing and has done, as one immutable, consistent picture.
 
-        Totals: ``submitted``, ``queued``, ``running``, ``done``, ``failed``, ``cancelled``,
-        ``restarts`` (unexpected deaths), ``timeouts``, ``recycles`` (by reason) and
-        ``workers`` (live processes). ``slots``: one row per worker slot with ``pid``,
-        ``state``, ``key`` (of its current or last task), ``tasks_done`` (by its current
-        process), ``private`` and ``rss`` memory in bytes, ``restarts`` and ``recycles``.
+        Taken under the pool's lock, so its figures agree with each other; per-process
+        figures (private memory, PSS, CPU %) are measured at most every 250 ms whoever asks,
+        so frequent callers cost little. See :class:`~memwise.pool.snapshot.PoolSnapshot`.
         """
-        if self._backend is not None:
-            return stats_from(self._backend.snapshot())
+        if self._remote is not None:
+            return self._remote.snapshot()
         return self._supervisor.snapshot()
 
-    def snapshot(self) -> PoolSnapshot:
-        """An immutable, consistent picture of the pool now (see :class:`PoolSnapshot`)."""
-        return self._require_backend("snapshot()").snapshot()
+    def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
+        """Call ``callback(event)`` for every :class:`~memwise.pool.events.PoolEvent` from now on.
 
-    def subscribe(self, callback: Callable[[PoolEvent], None]) -> Callable[[], None]:
-        """Deliver every later :class:`PoolEvent` to ``callback``, on a thread of its own.
-
-        Returns the function that unsubscribes.
+        Callbacks run on a thread of their own, never the pool's: a slow callback delays only
+        its own events (past a bounded buffer they are dropped and counted in the
+        subscription's ``dropped``), and one that raises is logged and unsubscribed. Close
+        the returned subscription (or call :meth:`unsubscribe`) to stop;
+        ``shutdown(wait=True)`` returns once every subscriber has had its last event.
         """
-        return self._require_backend("subscribe()").subscribe(callback)
+        if self._remote is not None:
+            return self._remote.subscribe(callback)
+        return self._supervisor.events.subscribe(callback)
 
-    def resize(self, workers: int) -> None:
-        """Change the number of worker lanes; keys move only to or from changed lanes."""
-        self._require_backend("resize()").resize(workers)
-
-    def _require_backend(self, what: str) -> PoolBackend:
-        if self._backend is None:
-            raise NotImplementedError(f"{what} of the local pool is not available yet")
-        return self._backend
+    def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
+        """Stop calling ``callback`` (every subscription of it); events it holds still arrive."""
+        if self._remote is not None:
+            self._remote.unsubscribe(callback)
+            return
+        self._supervisor.events.unsubscribe(callback)
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:
@@ -383,12 +417,34 @@ def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterat
             remaining = None if deadline is None else deadline - time.monotonic()
             chunk: PartialChunk = futures[-1].result(remaining)
             futures.pop()
-            yield from chunk.results
-            if chunk.error is not None:
-                raise _wire.load_exception(chunk.error)
+            # Hand each result over without keeping it: once the caller drops an item, nothing
+            # here may hold it (48 MB results times the chunk size otherwise).
+            results, error = chunk.results, chunk.error
+            del chunk
+            results.reverse()
+            while results:
+                yield results.pop()
+            if error is not None:
+                raise _wire.load_exception(error)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _pickle_initializer(
+    initializer: Callable[..., Any], initargs: tuple[Any, ...]
+) -> tuple[bytes, tuple[Any, ...] | None]:
+    """The initializer for the READY handshake, and the initargs to hand over at start, if any.
+
+    Usually both travel in the handshake (by value if need be, like any call). Multiprocessing
+    queues, locks, events and the like refuse that ("should only be shared between processes
+    through inheritance"): those initargs go to each worker as multiprocessing starts it,
+    which is how ProcessPoolExecutor passes them.
+    """
+    try:
+        return _wire.dumps((initializer, initargs), "the initializer", calls=True), None
+    except SerializationError:
+        return _wire.dumps((initializer, ()), "the initializer", calls=True), tuple(initargs)
 
 
 def _usable_cpus() -> int:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from memwise.pool.events import PoolEvent
 from memwise.pool.options import TaskOptions
 from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.subscribers import Subscription
 
 
 class PoolBackend(Protocol):
@@ -40,9 +41,11 @@ class PoolBackend(Protocol):
     def snapshot(self) -> PoolSnapshot:
         """A consistent picture of the pool now."""
 
-    def subscribe(self, callback: Callable[[PoolEvent], None]) -> Callable[[], None]:
-        """Deliver every later event to ``callback`` (off the backend's thread); the returned
-        function unsubscribes."""
+    def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
+        """Deliver every later event to ``callback``, on a delivery thread of its own."""
+
+    def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
+        """End every subscription of ``callback``."""
 
     def resize(self, workers: int) -> None:
         """Change the number of lanes; keys move only to or from added or removed lanes."""

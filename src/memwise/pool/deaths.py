@@ -12,23 +12,33 @@
   the pool is broken, and every pending future fails with one ``BrokenPool``, rather than the
   pool respawning forever.
 
-Replacements are not started here: the supervisor's loop starts a worker in every slot that
+Replacements are not started here: the supervisor's loop starts a worker in every lane that
 needs one, whatever emptied it.
 """
 
 from __future__ import annotations
 
-import pickle
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from memwise import _oob
-from memwise.errors import BrokenPool, TaskTimeout, WorkerCrashed, WorkerInitError
+from memwise.errors import (
+    BrokenPool,
+    MissingMainGuard,
+    TaskTimeout,
+    WorkerCrashed,
+    WorkerInitError,
+)
 from memwise.memory import format_size
+from memwise.pool._protocol import decode
+from memwise.pool.context import EXIT_MISSING_MAIN_GUARD, main_script, missing_guard_message
 from memwise.pool.handle import State, Worker, describe_exit
 
 if TYPE_CHECKING:
     from memwise.pool.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
 
 STORM_DEATHS = 5
 STORM_SECONDS = 10.0
@@ -38,7 +48,7 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
     """The worker's process sentinel fired: it has exited."""
     sup.reclaim_lent_workers()  # take lent workers back before re-queueing or closing anything
     for data in worker.channel.drain():  # results sent just before dying still count
-        sup.on_message(worker, pickle.loads(data))
+        sup.on_message(worker, decode(data))
     worker.process.join(1.0)
     exitcode = worker.process.exitcode
     # However it ended: its loans end, and the slots it held (warm ones given back to it for
@@ -52,21 +62,46 @@ def on_exit(sup: Supervisor, worker: Worker) -> None:
     if worker.state is State.STARTING:
         _on_start_failure(sup, worker, exitcode)
         return
-    sup.counts["restarts"] += 1
-    sup.slot_restarts[worker.slot] += 1
+    sup.tally.died(worker.lane)
+    _report_death(sup, worker, exitcode)
     if worker.outstanding:
         _on_task_death(sup, worker, exitcode)
     else:
         note_failure(sup, WorkerCrashed(_idle_death(worker, exitcode), worker.pid, exitcode))
     max_restarts = sup.config.max_restarts
-    if max_restarts is not None and sup.counts["restarts"] > max_restarts:
+    if max_restarts is not None and sup.tally.restarts > max_restarts:
         sup.break_pool(
             BrokenPool(
-                f"workers died {sup.counts['restarts']} times, more than max_restarts="
+                f"workers died {sup.tally.restarts} times, more than max_restarts="
                 f"{max_restarts}; the last exited with {describe_exit(exitcode)}"
             ),
             cause=None,
         )
+
+
+def _report_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
+    """Log and announce an unexpected exit; the supervisor's loop starts a replacement."""
+    started = worker.ledger.started.value
+    running = next((t for t in worker.outstanding if t.id == started), None)
+    reason = worker.kill_reason or "died"
+    logger.warning(
+        "worker pid %d in lane %d %s with %s%s; a replacement starts",
+        worker.pid,
+        worker.lane,
+        "was killed" if worker.kill_reason else "died",
+        describe_exit(exitcode),
+        "" if running is None else f" while running {running}",
+        extra={"pid": worker.pid, "lane": worker.lane, "exitcode": exitcode},
+    )
+    sup.lane_vacated[worker.lane] = reason
+    sup.event(
+        "worker_died",
+        lane=worker.lane,
+        pid=worker.pid,
+        exitcode=exitcode,
+        task_id=None if running is None else running.id,
+        reason=reason,
+    )
 
 
 def _idle_death(worker: Worker, exitcode: int | None) -> str:
@@ -74,15 +109,24 @@ def _idle_death(worker: Worker, exitcode: int | None) -> str:
 
 
 def _on_start_failure(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
-    error = worker.init_error or WorkerInitError(
-        f"a worker (pid {worker.pid}) died with {describe_exit(exitcode)} before its "
-        "initializer finished"
-    )
+    error = worker.init_error or _start_error(sup, worker, exitcode)
     if not sup.started.is_set():
         sup.startup_error = error
         sup.break_pool(error, cause=error.__cause__)
     else:
         note_failure(sup, error)
+
+
+def _start_error(sup: Supervisor, worker: Worker, exitcode: int | None) -> WorkerInitError:
+    """Why a worker died before READY without saying so itself."""
+    if exitcode == EXIT_MISSING_MAIN_GUARD:
+        return MissingMainGuard(missing_guard_message(main_script()))
+    during = "while running its initializer" if sup.config.init_payload else "while starting"
+    return WorkerInitError(
+        f"a worker (pid {worker.pid}) died with {describe_exit(exitcode)} before it was ready, "
+        f"{during}; an error raised while multiprocessing prepared it (importing the main "
+        "script and the modules of the pickled call) is printed on its standard error"
+    )
 
 
 def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> None:
@@ -103,8 +147,15 @@ def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> Non
         sup.queue.push_back([running])
         return
     if worker.kill_reason == "timeout":
-        sup.counts["timeouts"] += 1
-        sup.counts["failed"] += 1
+        sup.tally.timed_out += 1
+        sup.tally.failed += 1
+        logger.info(
+            "%s ran past its timeout of %s s; its worker pid %d was killed",
+            running,
+            running.timeout,
+            worker.pid,
+        )
+        sup.task_event("task_timed_out", running, worker, seconds=running.timeout)
         running.future.set_exception(
             TaskTimeout(
                 f"{running} ran longer than its timeout of {running.timeout} s; its worker "
@@ -114,9 +165,19 @@ def _on_task_death(sup: Supervisor, worker: Worker, exitcode: int | None) -> Non
         return
     running.attempts += 1
     if running.attempts <= sup.config.retries:
+        sup.tally.retried += 1
+        running.announced = False  # it starts again
+        sup.task_event(
+            "task_retried",
+            running,
+            worker,
+            reason=describe_exit(exitcode),
+            attempt=running.attempts,
+        )
         sup.queue.push_back([running])
         return
-    sup.counts["failed"] += 1
+    sup.tally.failed += 1
+    sup.task_event("task_failed", running, worker, reason="WorkerCrashed")
     running.future.set_exception(
         WorkerCrashed(
             f"the worker (pid {worker.pid}) running {running} {_cause(sup, worker, exitcode)}; "
@@ -146,6 +207,12 @@ def note_failure(sup: Supervisor, error: BaseException) -> None:
     while sup.failures and sup.failures[0] < now - STORM_SECONDS:
         sup.failures.popleft()
     if len(sup.failures) >= STORM_DEATHS:
+        logger.info(
+            "restart storm: %d workers died within %.0f s without completing a task; "
+            "breaking the pool",
+            len(sup.failures),
+            STORM_SECONDS,
+        )
         sup.break_pool(
             BrokenPool(
                 f"{len(sup.failures)} workers died within {STORM_SECONDS:.0f} s without "

@@ -19,14 +19,15 @@ Idle workers are then lent to submitting threads for the direct path (see
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from memwise import _oob, _wire
+from memwise import _oob
+from memwise.pool._protocol import Run, TaskEntry, encode
 from memwise.pool.handle import State, Worker
+from memwise.pool.stats import key_repr
 from memwise.pool.task import Task
 
 if TYPE_CHECKING:
@@ -86,7 +87,10 @@ def dispatch(sup: Supervisor) -> None:
     # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
     if not sup.queue and not sup.closing and sup.config.budget is None:
         with sup.lock:
-            sup.idle = {w.slot: w for w in ready if not w.outstanding and not w.retiring}
+            lanes = sup.lanes.count
+            sup.idle = {
+                w.lane: w for w in ready if not w.outstanding and not w.retiring and w.lane < lanes
+            }
 
 
 def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
@@ -99,13 +103,14 @@ def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
 
 def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
     busy = bool(worker.outstanding or batch)
+    general = worker.lane < sup.lanes.count  # a draining lane runs only its pinned keys
     while True:
-        keyed, key = sup.queue.peek_key(worker.slot)
+        keyed, key = sup.queue.peek_key(worker.lane, general)
         if keyed and key_change(sup, worker, key, batch):
             if not busy:
                 sup.retire(worker, "key")
             return None
-        task = sup.queue.pop_for(worker.slot)
+        task = sup.queue.pop_for(worker.lane, general)
         if task is None:
             return None
         if busy and not _pipelinable(task, worker, batch):
@@ -117,6 +122,11 @@ def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None
         if task.claim():
             return task
         task.release_memory()
+        if task.dropped:
+            sup.dropped_queued -= 1  # counted as cancelled when it was dropped
+        else:  # cancelled by its caller while queued
+            sup.tally.cancelled += 1
+            sup.task_event("task_cancelled", task, reason="cancelled")
 
 
 def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
@@ -149,7 +159,8 @@ def _admit(sup: Supervisor, task: Task) -> bool:
     never_fits = amount > budget.limit
     if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
         sup.forget_latest(task)
-        sup.counts["failed"] += 1
+        sup.tally.failed += 1
+        sup.task_event("task_failed", task, reason="MemoryBudgetExceeded")
         task.future.set_exception(budget.exceeded(amount, now - task.blocked_since))
         return False
     sup.queue.push_back([task])
@@ -168,14 +179,9 @@ def key_change(sup: Supervisor, worker: Worker, key: Hashable, batch: Sequence[T
 def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
     if not worker.outstanding:
         worker.busy_since = time.monotonic()
-    message = (
-        "run",
-        [t.entry(worker.pid) for t in batch],
-        restock(worker),
-        worker.epoch,
-    )
+    message = run_message(worker, batch)
     try:
-        worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
+        worker.channel.send(message)
     except OSError:
         # The worker died before it could read: nothing ran, so nothing counts as tried.
         for task in batch:
@@ -183,9 +189,20 @@ def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
         sup.queue.push_back(batch)
         return
     worker.outstanding.extend(batch)
+    if sup.events.subscriptions:
+        for task in batch:
+            if not task.announced:
+                task.announced = True
+                sup.task_event("task_started", task, worker, key=key_repr(task.key))
     keys = [t.key for t in batch if t.key is not None]
     if keys:
         worker.last_key = keys[-1]
+
+
+def run_message(worker: Worker, batch: list[Task]) -> bytes:
+    """The one place a Run is built: ``batch`` for ``worker``, lending it their slots."""
+    entries = [TaskEntry(t.id, t.payload, t.lend_slots(worker.pid)) for t in batch]
+    return encode(Run(entries, restock(worker), worker.epoch))
 
 
 def restock(worker: Worker) -> tuple[Any, ...]:
@@ -206,7 +223,7 @@ def steal(sup: Supervisor, worker: Worker) -> None:
     back to the queue, where any free worker takes them (see :mod:`memwise.pool.ledger`).
     """
     if take_back(sup, worker):
-        sup.counts["stolen"] += 1
+        sup.tally.stolen += 1
 
 
 def take_back(sup: Supervisor, worker: Worker) -> bool:

@@ -23,15 +23,15 @@ class State(enum.Enum):
 
 
 class Worker:
-    """One worker process in one slot, and what the supervisor knows of it.
+    """One worker process in one lane, and what the supervisor knows of it.
 
     ``outstanding`` holds the tasks sent to it, in order; the first is the one running.
     ``retiring`` is set when a recycle policy decided to replace it: it takes no new task,
     finishes those it holds, then stops.
     """
 
-    def __init__(self, slot: int, process: Any, conn: Any, alive: Any, ledger: Ledger) -> None:
-        self.slot = slot
+    def __init__(self, lane: int, process: Any, conn: Any, alive: Any, ledger: Ledger) -> None:
+        self.lane = lane
         self.ledger = ledger
         # Numbers the run messages sent to it, so that revoking (see Ledger) can name them.
         self.epoch = 0

@@ -36,8 +36,9 @@ def bounded_results(
     try:
         refill()
         while pending:
-            future = pending.popleft() if ordered else _first_done(pending)
-            yield future.result()
+            # Not kept in a local across the yield: the future holds the result, and the
+            # caller must be able to drop it while this generator waits.
+            yield (pending.popleft() if ordered else _first_done(pending)).result()
             refill()
     finally:
         for future in pending:

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from memwise.memory import parse_size
 
-REASONS = ("tasks", "memory", "idle", "key", "hard_memory")
-
 
 @dataclass(frozen=True)
 class Recycle:

@@ -1,10 +1,10 @@
 """The supervisor's queue of tasks waiting for a worker.
 
 Three rules shape it. Higher ``priority`` runs first (live input before batch work). Tasks with
-a ``key`` are pinned to one worker slot and run in submission order, whatever their priority,
+a ``key`` are pinned to one worker lane and run in submission order, whatever their priority,
 so a key's work is never reordered (a recognizer must see an audio file's segments in order).
 Everything else is first come, first served. Each key therefore has its own FIFO, and the
-keys pinned to a slot compete by the priority of their head task.
+keys pinned to a lane compete by the priority of their head task.
 
 Ties are broken by submission order (``Task.seq``), which also lets a re-queued task (its
 worker died) go back to exactly where it was. Cancelled tasks are dropped lazily, when popped.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Hashable, Iterable
 from functools import lru_cache
 
@@ -42,29 +42,29 @@ def key_bytes(key: Hashable) -> bytes:
 
 
 @lru_cache(maxsize=65536)
-def _slot_for(data: bytes, slots: int) -> int:
-    def score(slot: int) -> bytes:
-        return hashlib.blake2b(data, digest_size=8, salt=slot.to_bytes(8, "little")).digest()
+def _lane_for(data: bytes, lanes: int) -> int:
+    def score(lane: int) -> bytes:
+        return hashlib.blake2b(data, digest_size=8, salt=lane.to_bytes(8, "little")).digest()
 
-    return max(range(slots), key=score)
+    return max(range(lanes), key=score)
 
 
-def slot_for(key: Hashable, slots: int) -> int:
-    """The worker slot of ``key``, by rendezvous (highest random weight) hashing.
+def lane_for(key: Hashable, lanes: int) -> int:
+    """The worker lane of ``key``, by rendezvous (highest random weight) hashing.
 
-    Unlike ``hash(key) % slots``, changing the number of slots moves only the keys of the
-    slots that were added or removed.
+    Unlike ``hash(key) % lanes``, changing the number of lanes moves only the keys of the
+    lanes that were added or removed.
     """
-    return _slot_for(key_bytes(key), slots)
+    return _lane_for(key_bytes(key), lanes)
 
 
 class TaskQueue:
-    """Waiting tasks, by slot and key; see the module docstring."""
+    """Waiting tasks, by lane and key; see the module docstring."""
 
     def __init__(self) -> None:
         self._general: list[tuple[int, int, Task]] = []
         self._keys: dict[Hashable, deque[Task]] = {}
-        self._slot_heads: dict[int, list[tuple[int, int, Hashable]]] = {}
+        self._lane_heads: dict[int, list[tuple[int, int, Hashable]]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -74,7 +74,7 @@ class TaskQueue:
         if task.seq < 0:
             task.seq = next(_seq)
         self._count += 1
-        if task.slot is None:
+        if task.lane is None:
             heapq.heappush(self._general, (-task.priority, task.seq, task))
             return
         fifo = self._keys.setdefault(task.key, deque())
@@ -85,7 +85,7 @@ class TaskQueue:
     def push_back(self, tasks: Iterable[Task]) -> None:
         """Return tasks that were taken but not run, in their original places."""
         for task in sorted(tasks, key=lambda t: t.seq, reverse=True):
-            if task.slot is None:
+            if task.lane is None:
                 self.push(task)
                 continue
             fifo = self._keys.setdefault(task.key, deque())
@@ -93,12 +93,13 @@ class TaskQueue:
             fifo.appendleft(task)
             self._announce(task)
 
-    def pop_for(self, slot: int) -> Task | None:
-        """The next task the worker in ``slot`` should run, or None."""
-        heads = self._slot_heads.get(slot)
+    def pop_for(self, lane: int, general_too: bool = True) -> Task | None:
+        """The next task the worker in ``lane`` should run (keyed ones only unless
+        ``general_too``), or None."""
+        heads = self._lane_heads.get(lane)
         while heads and not self._is_current(heads[0]):
             heapq.heappop(heads)
-        general = self._general[0] if self._general else None
+        general = self._general[0] if self._general and general_too else None
         if heads and (general is None or heads[0][:2] < general[:2]):
             _, _, key = heapq.heappop(heads)
             fifo = self._keys[key]
@@ -114,26 +115,27 @@ class TaskQueue:
         self._count -= 1
         return task
 
-    def peek_key(self, slot: int) -> tuple[bool, Hashable]:
-        """Whether the next task for ``slot`` is keyed, and its key (for key-change recycling)."""
-        heads = self._slot_heads.get(slot)
+    def peek_key(self, lane: int, general_too: bool = True) -> tuple[bool, Hashable]:
+        """Whether the next task for ``lane`` is keyed, and its key (for key-change recycling)."""
+        heads = self._lane_heads.get(lane)
         while heads and not self._is_current(heads[0]):
             heapq.heappop(heads)
-        general = self._general[0] if self._general else None
+        general = self._general[0] if self._general and general_too else None
         if heads and (general is None or heads[0][:2] < general[:2]):
             return True, heads[0][2]
         return False, None
 
-    def waiting_slots(self) -> set[int]:
+    def waiting_lanes(self) -> set[int]:
         """Slots that have keyed tasks waiting (their workers must be started)."""
-        return {slot for slot, heads in self._slot_heads.items() if heads}
+        return {lane for lane, heads in self._lane_heads.items() if heads}
 
-    def pinned(self) -> Counter[int]:
-        """How many keyed tasks wait for each slot."""
-        counts: Counter[int] = Counter()
+    def lane_counts(self) -> dict[int, int]:
+        """How many keyed tasks wait for each lane (lanes with none are left out)."""
+        counts: dict[int, int] = {}
         for fifo in self._keys.values():
-            if fifo and fifo[0].slot is not None:
-                counts[fifo[0].slot] += len(fifo)
+            lane = fifo[0].lane
+            assert lane is not None
+            counts[lane] = counts.get(lane, 0) + len(fifo)
         return counts
 
     def general_count(self) -> int:
@@ -146,13 +148,13 @@ class TaskQueue:
             tasks.extend(fifo)
         self._general.clear()
         self._keys.clear()
-        self._slot_heads.clear()
+        self._lane_heads.clear()
         self._count = 0
         return tasks
 
     def _announce(self, head: Task) -> None:
-        assert head.slot is not None
-        heads = self._slot_heads.setdefault(head.slot, [])
+        assert head.lane is not None
+        heads = self._lane_heads.setdefault(head.lane, [])
         heapq.heappush(heads, (-head.priority, head.seq, head.key))
 
     def _is_current(self, entry: tuple[int, int, Hashable]) -> bool:

@@ -13,9 +13,8 @@ from typing import Any
 
 from memwise.budget import MemoryBudget
 from memwise.pool.backend import PoolBackend
-from memwise.pool.lanes import LaneConfig
 from memwise.pool.policies import Recycle
-from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.remote_lanes import LaneConfig
 
 BACKENDS = {"ray": ("memwise.ray", "RayBackend")}  # name -> (module, class)
 
@@ -62,34 +61,3 @@ def remote_backend(
         config, address=address, initializer=initializer, initargs=initargs, trim=trim
     )
     return backend
-
-
-def stats_from(snapshot: PoolSnapshot) -> dict[str, Any]:
-    """``WorkerPool.stats()``'s dict, from a snapshot of a remote pool."""
-    slots = [
-        {
-            "slot": worker.lane,
-            "pid": worker.pid,
-            "state": worker.state,
-            "key": worker.key,
-            "tasks_done": worker.tasks_done,
-            "private": worker.private,
-            "rss": None,
-            "restarts": worker.restarts,
-            "recycles": dict(worker.recycles),
-        }
-        for worker in snapshot.workers
-    ]
-    return {
-        "submitted": snapshot.submitted,
-        "done": snapshot.done,
-        "failed": snapshot.failed,
-        "cancelled": snapshot.cancelled,
-        "restarts": snapshot.restarts,
-        "timeouts": snapshot.timed_out,
-        "queued": snapshot.queued,
-        "running": snapshot.in_flight,
-        "workers": sum(1 for worker in snapshot.workers if worker.pid is not None),
-        "recycles": dict(snapshot.recycles),
-        "slots": slots,
-    }

@@ -13,7 +13,7 @@ All times are seconds; all sizes are bytes; wall-clock stamps are ``time.time()`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -128,12 +128,19 @@ class PoolSnapshot:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (mappings become dicts, +Inf becomes the string "+Inf")."""
-        data = asdict(self, dict_factory=_plain)
+        data: dict[str, Any] = _plain(self)
         data["durations"]["buckets"] = [
             "+Inf" if bound == float("inf") else bound for bound in self.durations.buckets
         ]
         return data
 
 
-def _plain(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {name: dict(value) if isinstance(value, Mapping) else value for name, value in items}
+def _plain(value: Any) -> Any:
+    # Not dataclasses.asdict: it deep-copies field values, and read-only mappings cannot be.
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

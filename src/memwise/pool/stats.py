@@ -1,52 +1,242 @@
-"""``WorkerPool.stats()``: what a pool is doing and has done, per slot and in total."""
+"""What a pool counts as it runs, and how a :class:`PoolSnapshot` is assembled from it.
+
+``Tally`` is written by the supervisor thread (and, for ``submitted``, by submitting threads
+under the pool's lock); ``take`` reads it under the same locks, so a snapshot's figures agree
+with each other. Recording a finished task costs a few additions and one ``bisect``.
+"""
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from memwise.memory import usage
+from memwise.pool.handle import State, Worker
+from memwise.pool.probe import ProcessProbe
+from memwise.pool.snapshot import (
+    DURATION_BUCKETS,
+    BudgetUsage,
+    Histogram,
+    PoolSnapshot,
+    PoolState,
+    RunningTask,
+    SharedMemoryUsage,
+    WorkerSnapshot,
+    frozen_map,
+)
 
 if TYPE_CHECKING:
     from memwise.pool.supervisor import Supervisor
 
+THROUGHPUT_SECONDS = 10  # the window of the recent rate, in whole seconds
+KEY_REPR_CHARS = 60
 
-def snapshot(sup: Supervisor) -> dict[str, Any]:
-    """Totals and one row per slot, readable from any thread (possibly a moment stale)."""
-    workers = dict(sup.workers)
-    slots = []
-    for slot in range(sup.config.max_workers):
-        worker = workers.get(slot)
-        row: dict[str, Any] = {
-            "slot": slot,
-            "pid": None,
-            "state": "stopped",
-            "key": None,
-            "tasks_done": 0,
-            "private": None,
-            "rss": None,
-            "restarts": sup.slot_restarts[slot],
-            "recycles": dict(sup.slot_recycles.get(slot, {})),
-        }
-        if worker is not None:
-            outstanding = list(worker.outstanding)
-            row.update(
-                pid=worker.pid,
-                state="busy" if outstanding else worker.state.value,
-                key=outstanding[0].key if outstanding else worker.last_key,
-                tasks_done=worker.tasks_done,
-            )
-            try:
-                measured = usage(worker.pid, pss=False)
-                row.update(private=measured.private, rss=measured.rss)
-            except (ProcessLookupError, PermissionError):
-                pass
-        slots.append(row)
-    running = sum(len(w.outstanding) for w in [*workers.values(), *list(sup.retiring)])
-    return {
-        **sup.counts,
-        "queued": len(sup.incoming) + len(sup.queue),
-        "running": running,
-        "workers": len(workers),
-        "recycles": dict(sup.recycles),
-        "slots": slots,
-    }
+
+class Throughput:
+    """Tasks finished per second over the last ``THROUGHPUT_SECONDS`` (per-second buckets)."""
+
+    def __init__(self) -> None:
+        self._buckets: deque[list[int]] = deque(maxlen=THROUGHPUT_SECONDS + 1)
+        self._first: float | None = None
+
+    def note(self, now: float) -> None:
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += 1
+            return
+        if self._first is None:
+            self._first = now
+        self._buckets.append([second, 1])
+
+    def rate(self, now: float) -> float:
+        if self._first is None:
+            return 0.0
+        start = max(now - THROUGHPUT_SECONDS, self._first)
+        finished = sum(count for second, count in self._buckets if second + 1 > start)
+        span = now - start
+        return finished / span if span > 0 else 0.0
+
+
+class Tally:
+    """The pool's counters, per lane where it matters."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.done = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.retried = 0
+        self.timed_out = 0
+        self.restarts = 0
+        self.stolen = 0
+        self.recycles: Counter[str] = Counter()
+        self.lane_restarts: Counter[int] = Counter()
+        self.lane_recycles: dict[int, Counter[str]] = {}
+        self.durations = [0] * len(DURATION_BUCKETS)
+        self.duration_total = 0.0
+        self.throughput = Throughput()
+
+    def ran(self, seconds: float, now: float) -> None:
+        """A worker reported a task (its value or its error) after running ``seconds``."""
+        self.durations[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_total += seconds
+        self.throughput.note(now)
+
+    def recycled(self, lane: int, reason: str) -> None:
+        self.recycles[reason] += 1
+        self.lane_recycles.setdefault(lane, Counter())[reason] += 1
+
+    def died(self, lane: int) -> None:
+        self.restarts += 1
+        self.lane_restarts[lane] += 1
+
+    def histogram(self) -> Histogram:
+        return Histogram(
+            buckets=DURATION_BUCKETS,
+            counts=tuple(self.durations),
+            total=self.duration_total,
+            count=sum(self.durations),
+        )
+
+
+def key_repr(key: Hashable) -> str | None:
+    """A task key as snapshots and events show it: its repr, shortened."""
+    if key is None:
+        return None
+    text = repr(key)
+    return text if len(text) <= KEY_REPR_CHARS else text[: KEY_REPR_CHARS - 3] + "..."
+
+
+def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
+    """A consistent snapshot of the pool ``sup`` supervises (any thread).
+
+    Pool state is copied under the supervisor's ``state_lock`` and ``lock`` (between two rounds
+    of its work, with no submission half done); per-process figures come from ``probe``
+    afterwards, outside the locks, as they do not have to agree with the counters.
+    """
+    config = sup.config
+    with sup.state_lock, sup.lock:
+        now = time.monotonic()
+        wall = time.time()
+        queued_per_lane = sup.queue.lane_counts()
+        rows = []
+        lanes = sup.lanes.count
+        for lane in range(lanes):
+            worker = sup.workers.get(lane)
+            rows.append(_worker_row(lane, worker, queued_per_lane.get(lane, 0), sup, now, wall))
+        draining = [w for lane, w in sorted(sup.workers.items()) if lane >= lanes]
+        for worker in draining:
+            queued = queued_per_lane.get(worker.lane, 0)
+            rows.append(_worker_row(worker.lane, worker, queued, sup, now, wall))
+        for worker in (*sup.retiring, *sup.spares):
+            rows.append(_worker_row(worker.lane, worker, 0, sup, now, wall))
+        tally = sup.tally
+        in_flight = sum(len(w.outstanding) for w in sup.everyone())
+        if sup.broken is not None:
+            state: PoolState = "broken"
+        elif sup.closing:
+            state = "shut down" if sup.finished.is_set() else "closing"
+        else:
+            state = "running"
+        waiting = len(sup.queue) if sup.budget_blocked else 0
+        pool_level = dict(
+            time=wall,
+            state=state,
+            broken_reason=None if sup.broken is None else str(sup.broken),
+            max_workers=lanes,
+            min_workers=sup.lanes.minimum,
+            queued=len(sup.incoming) + len(sup.queue) - sup.dropped_queued,
+            in_flight=in_flight,
+            submitted=tally.submitted,
+            done=tally.done,
+            failed=tally.failed,
+            cancelled=tally.cancelled,
+            retried=tally.retried,
+            timed_out=tally.timed_out,
+            restarts=tally.restarts,
+            recycles=frozen_map(tally.recycles),
+            throughput=tally.throughput.rate(now),
+            durations=tally.histogram(),
+        )
+    figures = probe.figures(row["pid"] for row in rows if row["pid"] is not None)
+    workers = []
+    for row in rows:
+        measured = figures.get(row["pid"]) if row["pid"] is not None else None
+        if measured is not None:
+            row.update(private=measured.private, pss=measured.pss, cpu_percent=measured.cpu_percent)
+        workers.append(WorkerSnapshot(**row))
+    budget = config.budget
+    return PoolSnapshot(
+        workers=tuple(workers),
+        budget=None
+        if budget is None
+        else BudgetUsage(
+            limit=budget.limit,
+            in_use=probe.budget_in_use(budget),
+            reserved=budget.reserved,
+            waiting=waiting,
+        ),
+        shared_memory=_shared_usage(),
+        **pool_level,  # type: ignore[arg-type]
+    )
+
+
+def _worker_row(
+    lane: int, worker: Worker | None, queued: int, sup: Supervisor, now: float, wall: float
+) -> dict[str, Any]:
+    tally = sup.tally
+    row: dict[str, Any] = dict(
+        lane=lane,
+        pid=None,
+        state="stopped",
+        key=None,
+        task=None,
+        tasks_done=0,
+        queued=queued,
+        private=None,
+        pss=None,
+        cpu_percent=None,
+        restarts=tally.lane_restarts.get(lane, 0),
+        recycles=frozen_map(tally.lane_recycles.get(lane)),
+    )
+    if worker is None:
+        return row
+    running = worker.outstanding[0] if worker.outstanding else None
+    if worker.state is State.STARTING:
+        state = "starting"
+    elif worker.state is State.STOPPING or (worker.retiring and running is None):
+        state = "stopping"
+    else:
+        state = "busy" if running is not None else "idle"
+    task = None
+    if running is not None:
+        seconds = max(0.0, now - worker.busy_since)
+        task = RunningTask(
+            task_id=running.id,
+            function=running.label,
+            key=key_repr(running.key),
+            started=wall - seconds,
+            seconds=seconds,
+        )
+    row.update(
+        pid=worker.pid,
+        state=state,
+        key=key_repr(running.key if running is not None else worker.last_key),
+        task=task,
+        tasks_done=worker.tasks_done,
+    )
+    return row
+
+
+def _shared_usage() -> SharedMemoryUsage:
+    from memwise import shared
+
+    slots = shared.stats()
+    return SharedMemoryUsage(
+        slots_in_use=slots.in_use,
+        slots_free=slots.slots - slots.in_use,
+        bytes_in_use=slots.in_use_bytes,
+        bytes_free=slots.bytes - slots.in_use_bytes,
+    )

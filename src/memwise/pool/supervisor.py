@@ -10,12 +10,13 @@ runs on one thread, in order. The cases themselves live in :mod:`memwise.pool.de
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import selectors
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -23,23 +24,51 @@ from typing import Any
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
-from memwise.errors import BrokenPool, SerializationError, WorkerInitError
+from memwise.errors import (
+    BrokenPool,
+    ClosedError,
+    MissingMainGuard,
+    SerializationError,
+    WorkerInitError,
+)
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
 from memwise.pool import worker as _worker_module
+from memwise.pool._protocol import (
+    OK,
+    RAISED,
+    Done,
+    Init,
+    InitError,
+    InitOptions,
+    Ready,
+    Stop,
+    decode,
+    encode,
+)
 from memwise.pool.context import forget_main_hint, get_context
+from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
+from memwise.pool.lanes import Lanes
 from memwise.pool.ledger import Ledger
 from memwise.pool.policies import Recycle
+from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
+from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.stats import Tally, key_repr
+from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
 from memwise.shared import sweep_orphans
 from memwise.shared._names import current_owner
 
-SPARE = -1  # the slot number of spare workers
+logger = logging.getLogger(__name__)
+
+SPARE = -1  # the lane number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 PEAK_DECAY = 0.9  # per task, of a function's learned peak
 DIRECT_BYTES = 1 << 20  # largest payload a submitting thread writes to a worker itself
+# What multiprocessing raises when it cannot pickle a new process's arguments.
+_START_PICKLING_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -47,6 +76,9 @@ class PoolConfig:
     max_workers: int
     min_workers: int
     init_payload: bytes | None
+    # initargs only a starting process may receive (multiprocessing queues, locks, events):
+    # handed to each worker as multiprocessing starts it, as ProcessPoolExecutor does.
+    start_initargs: tuple[Any, ...] | None
     init_timeout: float
     retries: int
     start_method: str | None
@@ -65,7 +97,7 @@ class Supervisor:
         self._ctx = get_context(config.start_method)
         self.lock = threading.Lock()
         # Guarded by lock: what user threads hand over, and READY workers with nothing to do
-        # lent to submitting threads by slot (see _send_direct_locked).
+        # lent to submitting threads by lane (see _send_direct_locked).
         self.incoming: deque[Task] = deque()
         self.idle: dict[int, Worker] = {}
         # The newest queued task of each coalesce tag (latest wins).
@@ -73,6 +105,7 @@ class Supervisor:
         self._poked = False
         self.closing = False
         self._cancel_queued = False
+        self._terminate: BaseException | None = None
         self.broken: BaseException | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -82,7 +115,7 @@ class Supervisor:
         self.queue = TaskQueue()
         self.workers: dict[int, Worker] = {}
         self.retiring: list[Worker] = []
-        self.spares: list[Worker] = []  # processes started ahead, not yet in a slot (Recycle)
+        self.spares: list[Worker] = []  # processes started ahead, not yet in a lane (Recycle)
         self.failures: deque[float] = deque()
         self.service_time: float | None = None
         self._results: list[tuple[Future[Any], Any]] = []
@@ -91,20 +124,33 @@ class Supervisor:
         self.peaks: dict[str, int] = {}  # learned peak memory per function (MemoryBudget.learn)
         self.budget_blocked = False
         self.started = threading.Event()
+        self.finished = threading.Event()  # the supervisor thread has ended
         self.startup_error: BaseException | None = None
-        self.counts: dict[str, int] = Counter(
-            submitted=0, done=0, failed=0, cancelled=0, restarts=0, timeouts=0, stolen=0
-        )
-        self.recycles: Counter[str] = Counter()
-        self.slot_restarts: Counter[int] = Counter()
-        self.slot_recycles: dict[int, Counter[str]] = {}
+        # Held by the supervisor thread for each round of work (not while it waits), and by
+        # snapshots: a snapshot sees the state between two rounds, never half of one. Taken
+        # before ``lock`` when both are needed. Reentrant: a future's callback run by this
+        # thread may take a snapshot.
+        self.state_lock = threading.RLock()
+        # Counters: supervisor thread, under state_lock (``submitted``: any thread, under lock).
+        self.tally = Tally()
+        self.events = EventHub()
+        self._probe = ProcessProbe()
+        # Why a lane's previous process went, until its replacement starts (worker_replaced).
+        self.lane_vacated: dict[int, str] = {}
+        self.lanes = Lanes(config.max_workers, config.min_workers)
+        # Cancelled tasks still in ``queue`` (it drops them lazily, when popped), so that
+        # snapshots count them as cancelled and not also as queued.
+        self.dropped_queued = 0
         self._thread = threading.Thread(target=self._run, name="memwise-supervisor", daemon=True)
 
     # ----- called from user threads -------------------------------------------------------
 
     def start(self) -> None:
         """Start the supervisor; wait until ``min_workers`` are ready or one fails to start."""
-        sweep_orphans()  # shared memory left by a pool whose process was killed
+        swept = sweep_orphans()  # shared memory left by a pool whose process was killed
+        if swept:
+            logger.info("removed %d shared-memory segment(s) of dead processes", len(swept))
+        _oob.pool_opened()
         self._thread.start()
         self.started.wait()
         if self.startup_error is not None:
@@ -118,8 +164,14 @@ class Supervisor:
                     f"the pool is broken and accepts no tasks: {self.broken}"
                 ) from self.broken
             if self.closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self.counts["submitted"] += 1
+                raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
+            self.tally.submitted += 1
+            if task.key is not None:
+                task.lane = self.lanes.route(task.key)
+                key = task.key
+                task.future.add_done_callback(lambda _: self._unpin(key))
+            if self.events.subscriptions:  # before any other thread can see the task
+                self.task_event("task_submitted", task, key=key_repr(task.key))
             # Large inline payloads are queued: writing them here would hold the lock, and so
             # every other submitter and the supervisor, for as long as the copy takes.
             direct = self.idle and not self.incoming and len(task.payload) <= DIRECT_BYTES
@@ -127,6 +179,23 @@ class Supervisor:
                 return
             self.incoming.append(task)
             self._poke_locked()
+
+    def _unpin(self, key: Hashable) -> None:
+        if self.lanes.release(key) is not None:
+            with self.lock:
+                self._poke_locked()  # a draining lane may have nothing left to wait for
+
+    def resize(self, count: int) -> None:
+        """Set the number of lanes; see :mod:`memwise.pool.lanes`."""
+        with self.state_lock, self.lock:
+            if self.broken is not None or self.closing:
+                raise RuntimeError("cannot resize a pool that is shut down or broken")
+            previous = self.lanes.resize(count)
+            self.idle.clear()  # a lent worker may be in a lane that now drains
+            self._poke_locked()
+        if previous != count:
+            logger.info("pool resized from %d to %d lanes", previous, count)
+            self.event("pool_resized", reason=f"{previous} -> {count}")
 
     def _send_direct_locked(self, task: Task) -> bool:
         """Hand ``task`` straight to an idle worker from the submitting thread, if one fits.
@@ -138,21 +207,24 @@ class Supervisor:
         Skipping the hop to the supervisor thread halves the latency of a lone call, which is
         what interactive callers wait for.
         """
-        if task.slot is None:
+        if task.lane is None:
             worker = self.idle.pop(next(iter(self.idle)))
         else:
-            candidate = self.idle.get(task.slot)
+            candidate = self.idle.get(task.lane)
             if candidate is None or dispatch.key_change(self, candidate, task.key):
                 return False
-            worker = self.idle.pop(task.slot)
-        message = ("run", [task.entry(worker.pid)], dispatch.restock(worker), worker.epoch)
+            worker = self.idle.pop(task.lane)
+        message = dispatch.run_message(worker, [task])
         task.claim()
+        if self.events.subscriptions:
+            task.announced = True
+            self.task_event("task_started", task, worker, key=key_repr(task.key))
         worker.busy_since = time.monotonic()
         worker.outstanding.append(task)
         if task.key is not None:
             worker.last_key = task.key
         try:
-            worker.channel.send(pickle.dumps(message, _wire.PROTOCOL))
+            worker.channel.send(message)
         except OSError:
             pass  # the worker died; the supervisor re-queues or fails the task with the others
         if task.timeout is not None or self.config.recycle.hard_memory is not None:
@@ -165,13 +237,39 @@ class Supervisor:
             self._cancel_queued = self._cancel_queued or cancel_futures
             self._poke_locked()
 
-    def join(self, timeout: float | None = None) -> None:
+    def terminate(self, error: BaseException) -> None:
+        """Kill every worker now; whatever is pending or running fails with ``error``."""
+        with self.lock:
+            self.closing = True
+            self._terminate = self._terminate or error
+            self._poke_locked()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the supervisor to finish; whether it has."""
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Totals and one row per slot, readable from any thread (possibly a moment stale)."""
-        return stats.snapshot(self)
+    def snapshot(self) -> PoolSnapshot:
+        """A consistent picture of the pool (any thread); see :mod:`memwise.pool.stats`."""
+        return stats.take(self, self._probe)
+
+    def event(self, kind: EventKind, **fields: Any) -> None:
+        """Deliver an event to the subscribers, if there are any (any thread)."""
+        if self.events.subscriptions:
+            self.events.emit(PoolEvent(kind, time.time(), **fields))
+
+    def task_event(
+        self, kind: EventKind, task: Task, worker: Worker | None = None, **fields: Any
+    ) -> None:
+        """An event about ``task`` (on ``worker``); callers on hot paths check for subscribers."""
+        if not self.events.subscriptions:
+            return
+        if worker is not None:
+            fields.update(lane=worker.lane, pid=worker.pid)
+        self.events.emit(
+            PoolEvent(kind, time.time(), task_id=task.id, function=task.label, **fields)
+        )
 
     def _poke_locked(self) -> None:
         # One byte in the pipe is enough to wake the supervisor; skipping the write while one
@@ -186,25 +284,38 @@ class Supervisor:
     # ----- the supervisor thread ---------------------------------------------------------
 
     def _run(self) -> None:
+        state = self.state_lock
         try:
-            if self.config.min_workers == 0:
-                self.started.set()
-            self._ensure_workers()
-            timeout = self._enforce_deadlines()
-            while not self._finished():
-                for key, _events in self._selector.select(timeout):
-                    key.data()
-                if timeout is not None:
-                    self._enforce_deadlines()  # a deadline passed: act before dispatching
-                dispatch.dispatch(self)
+            with state:
+                if self.lanes.minimum == 0:
+                    self.started.set()
                 self._ensure_workers()
                 timeout = self._enforce_deadlines()
+            while True:
+                with state:
+                    if self._finished():
+                        break
+                ready = self._selector.select(timeout)
+                with state:
+                    for key, _events in ready:
+                        key.data()
+                    if timeout is not None:
+                        self._enforce_deadlines()  # a deadline passed: act before dispatching
+                    dispatch.dispatch(self)
+                    self._retire_drained_lanes()
+                    self._ensure_workers()
+                    timeout = self._enforce_deadlines()
                 self._resolve()
         except BaseException as exc:
-            self.break_pool(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
+            with state:
+                self.break_pool(BrokenPool(f"the pool's supervisor failed: {exc!r}"), cause=exc)
         finally:
             self._resolve()
-            self._cleanup()
+            with state:
+                self._cleanup()
+            self.event("pool_shutdown")
+            self.events.close(wait=False)
+            self.finished.set()
 
     def _finished(self) -> bool:
         if self.broken is not None:
@@ -231,25 +342,34 @@ class Supervisor:
             incoming = list(self.incoming)
             self.incoming.clear()
             cancel, self._cancel_queued = self._cancel_queued, False
+            terminate, self._terminate = self._terminate, None
         for task in incoming:
             if task.coalesce is not None:
                 self._coalesce(task)
             self.queue.push(task)
         if cancel:
+            self.dropped_queued = 0
             for task in self.queue.drain():
-                self._drop(task)
+                self._drop(task, "shutdown")
+        if terminate is not None:
+            # Here, not in terminate(): break_pool touches workers, this thread's job.
+            self.break_pool(terminate, cause=None)
 
     def _coalesce(self, task: Task) -> None:
         """Latest wins: drop the queued task with the same tag, if it has not started."""
         previous = self.latest.get(task.coalesce)
-        if previous is not None:
-            self._drop(previous)
+        if previous is not None and self._drop(previous, "coalesced"):
+            self.dropped_queued += 1  # it stays in the queue until popped
         self.latest[task.coalesce] = task
 
-    def _drop(self, task: Task) -> None:
+    def _drop(self, task: Task, reason: str) -> bool:
+        """Cancel a queued task; True if it had not started (and now counts as cancelled)."""
         self.forget_latest(task)
-        if task.drop():
-            self.counts["cancelled"] += 1
+        if not task.drop():
+            return False
+        self.tally.cancelled += 1
+        self.task_event("task_cancelled", task, reason=reason)
+        return True
 
     def forget_latest(self, task: Task) -> None:
         """``task`` leaves the queue for good: it can no longer be the newest of its tag."""
@@ -269,35 +389,54 @@ class Supervisor:
     # ----- workers -----------------------------------------------------------------------
 
     def _ensure_workers(self) -> None:
-        """Start workers where needed: the minimum, slots with keyed work, spare capacity."""
+        """Start workers where needed: the minimum, lanes with keyed work, spare capacity."""
         if self.broken is not None or (self.closing and not self.queue):
             return
-        if len(self.workers) == self.config.max_workers and not self._wants_spare():
-            return  # every slot is filled: the common case, on every turn of the loop
-        wanted = set(range(self.config.min_workers)) | self.queue.waiting_slots()
+        lanes = self.lanes.count
+        if len(self.workers) == lanes and max(self.workers) < lanes and not self._wants_spare():
+            return  # every lane is filled: the common case, on every turn of the loop
+        # Lanes with keyed work include draining ones (see memwise.pool.lanes).
+        wanted = set(range(self.lanes.minimum)) | self.queue.waiting_lanes()
         spare = sum(
             1
             for w in self.workers.values()
             if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
         )
         need = self.queue.general_count() - spare
-        for slot in range(self.config.max_workers):
+        for lane in range(lanes):
             if need <= 0:
                 break
-            if slot not in self.workers and slot not in wanted:
-                wanted.add(slot)
+            if lane not in self.workers and lane not in wanted:
+                wanted.add(lane)
                 need -= 1
-        for slot in sorted(wanted - self.workers.keys()):
-            if self._promote_spare(slot):
+        for lane in sorted(wanted - self.workers.keys()):
+            if self._promote_spare(lane):
                 continue
-            if not self._try_start(slot):
+            if not self._try_start(lane):
                 return
         while self._wants_spare() and self._try_start(SPARE):
             pass
 
-    def _try_start(self, slot: int) -> bool:
+    def _retire_drained_lanes(self) -> None:
+        """Retire the workers of lanes above the count once no key is pinned to them."""
+        lanes = self.lanes.count
+        if not self.workers or max(self.workers) < lanes:
+            return
+        waiting = self.queue.waiting_lanes()
+        for lane, worker in list(self.workers.items()):
+            if lane < lanes or worker.outstanding or lane in waiting:
+                continue
+            if not self.lanes.pinned(lane):
+                self.retire(worker, "resize")
+
+    def _try_start(self, lane: int) -> bool:
         try:
-            self._start_worker(slot)
+            self._start_worker(lane)
+        except SerializationError as exc:  # would fail for every worker: the pool cannot work
+            if not self.started.is_set():
+                self.startup_error = exc
+            self.break_pool(exc, cause=exc.__cause__)
+            return False
         except OSError as exc:
             error = WorkerInitError(f"could not start a worker process: {exc}")
             error.__cause__ = exc
@@ -319,67 +458,89 @@ class Supervisor:
             and (bool(self.queue) or any(w.outstanding for w in self.workers.values()))
         )
 
-    def _promote_spare(self, slot: int) -> bool:
+    def _promote_spare(self, lane: int) -> bool:
         for spare in self.spares:
             if spare.state is State.READY and spare.kill_reason is None:
                 self.spares.remove(spare)
-                spare.slot = slot
-                self.workers[slot] = spare
+                spare.lane = lane
+                self.workers[lane] = spare
+                self._replaced(spare)
                 return True
         return False
 
+    def _replaced(self, worker: Worker) -> None:
+        """``worker`` took a lane whose previous process went away."""
+        reason = self.lane_vacated.pop(worker.lane, None)
+        if reason is not None:
+            self.event("worker_replaced", lane=worker.lane, pid=worker.pid, reason=reason)
+
     def everyone(self) -> list[Worker]:
-        """Every worker process alive: in slots, retiring, and spares."""
+        """Every worker process alive: in lanes, retiring, and spares."""
         return [*self.workers.values(), *self.retiring, *self.spares]
 
-    def _start_worker(self, slot: int) -> None:
+    def _start_worker(self, lane: int) -> None:
         conn, child_conn = self._ctx.Pipe(duplex=True)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
         ledger = Ledger(self._ctx)
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker_module.main,
-            args=(child_conn, alive_r, ledger),
-            name=f"memwise-worker-{slot}",
+            args=(child_conn, alive_r, ledger, self.config.start_initargs),
+            name=f"memwise-worker-{lane}",
         )
         try:
             process.start()
+        except _START_PICKLING_FAILURES as exc:
+            conn.close()
+            alive_w.close()
+            raise SerializationError(
+                f"could not hand the initializer's arguments to a new worker: {exc!r}; pass "
+                "picklable values, and multiprocessing queues, locks or events made by the "
+                "pool's start method (multiprocessing.get_context(...).Queue())"
+            ) from exc
         finally:
             child_conn.close()
             alive_r.close()
             forget_main_hint()
-        worker = Worker(slot, process, conn, alive_w, ledger)
-        if slot == SPARE:
+        worker = Worker(lane, process, conn, alive_w, ledger)
+        self.event("worker_started", lane=lane, pid=worker.pid)
+        if lane == SPARE:
             self.spares.append(worker)
         else:
-            self.workers[slot] = worker
+            self.workers[lane] = worker
+            self._replaced(worker)
         if self.config.budget is not None:
             self.config.budget.track(worker.pid)
         self._selector.register(conn, selectors.EVENT_READ, lambda: self._on_readable(worker))
         self._selector.register(
             process.sentinel, selectors.EVENT_READ, lambda: deaths.on_exit(self, worker)
         )
-        options = {
-            "report_memory": self.config.recycle.needs_memory_reports,
-            "trim": self.config.trim,
-            "owner": current_owner(),
-            "shm_threshold": self.config.shm_threshold,
-            "recycle": self.config.recycle,
-            "measure_peak": self.config.budget is not None and self.config.budget.learn,
-        }
+        options = InitOptions(
+            owner=current_owner(),
+            shm_threshold=self.config.shm_threshold,
+            recycle=self.config.recycle,
+            report_memory=self.config.recycle.needs_memory_reports,
+            trim=self.config.trim,
+            measure_peak=self.config.budget is not None and self.config.budget.learn,
+        )
         try:
-            worker.channel.send(
-                pickle.dumps(("init", self.config.init_payload, options), _wire.PROTOCOL)
-            )
+            worker.channel.send(encode(Init(self.config.init_payload, options)))
         except OSError:
             pass  # it died already; its sentinel will say how
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
-        self.recycles[reason] += 1
-        self.slot_recycles.setdefault(worker.slot, Counter())[reason] += 1
+        self.tally.recycled(worker.lane, reason)
+        logger.info(
+            "recycling worker pid %d in lane %d (%s); it finishes its tasks first",
+            worker.pid,
+            worker.lane,
+            reason,
+        )
+        self.event("worker_recycled", lane=worker.lane, pid=worker.pid, reason=reason)
+        self.lane_vacated[worker.lane] = reason
         worker.retiring = True
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
+        if self.workers.get(worker.lane) is worker:
+            del self.workers[worker.lane]
         self.retiring.append(worker)
         if not worker.outstanding:
             self.stop(worker)
@@ -390,7 +551,7 @@ class Supervisor:
         worker.state = State.STOPPING
         worker.since = time.monotonic()
         try:
-            worker.channel.send(pickle.dumps(("stop",), _wire.PROTOCOL))
+            worker.channel.send(encode(Stop()))
         except OSError:
             pass
 
@@ -412,8 +573,8 @@ class Supervisor:
         worker.process.close()
         if self.config.budget is not None:
             self.config.budget.untrack(worker.pid)
-        if self.workers.get(worker.slot) is worker:
-            del self.workers[worker.slot]
+        if self.workers.get(worker.lane) is worker:
+            del self.workers[worker.lane]
         elif worker in self.retiring:
             self.retiring.remove(worker)
         elif worker in self.spares:
@@ -463,7 +624,7 @@ class Supervisor:
         if worker in self.spares:
             return idle
         # A fresh worker inside the minimum would only be replaced by another fresh one.
-        if idle is None or (worker.tasks_done == 0 and worker.slot < self.config.min_workers):
+        if idle is None or (worker.tasks_done == 0 and worker.lane < self.lanes.minimum):
             return None
         return idle
 
@@ -475,9 +636,10 @@ class Supervisor:
         if deadline is None or deadline > time.monotonic():
             return
         if worker.state is State.STARTING:
+            what = "its initializer did not finish" if self.config.init_payload else "not ready"
             worker.init_error = WorkerInitError(
-                f"the worker initializer did not finish within init_timeout="
-                f"{self.config.init_timeout} s (pid {worker.pid}); it was killed"
+                f"a worker (pid {worker.pid}) was {what} within init_timeout="
+                f"{self.config.init_timeout} s; it was killed"
             )
             self.kill(worker, "init timeout")
         elif worker.state is State.STOPPING:
@@ -501,8 +663,16 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 continue
             if worker.private > limit:
-                self.recycles["hard_memory"] += 1
-                self.slot_recycles.setdefault(worker.slot, Counter())["hard_memory"] += 1
+                self.tally.recycled(worker.lane, "hard_memory")
+                logger.info(
+                    "killing worker pid %d in lane %d: private memory %d bytes is over the "
+                    "hard limit of %d",
+                    worker.pid,
+                    worker.lane,
+                    worker.private,
+                    limit,
+                )
+                self.event("worker_recycled", lane=worker.lane, pid=worker.pid, reason="memory")
                 self.kill(worker, "memory")
 
     # ----- messages ----------------------------------------------------------------------
@@ -520,58 +690,52 @@ class Supervisor:
                 pass
             return
         for data in messages:
-            self.on_message(worker, pickle.loads(data))
+            self.on_message(worker, decode(data))
 
-    def on_message(self, worker: Worker, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "done":
-            self._on_done(worker, *message[1:])
-        elif kind == "ready":
+    def on_message(self, worker: Worker, message: Done | Ready | InitError) -> None:
+        if isinstance(message, Done):
+            self._on_done(worker, message)
+        elif isinstance(message, Ready):
             worker.state = State.READY
             worker.since = worker.idle_since = time.monotonic()
+            self.event("worker_ready", lane=worker.lane, pid=worker.pid)
             self._check_started()
-        elif kind == "init_error":
-            cause = _wire.load_exception(message[1])
+        else:
+            cause = _wire.load_exception(message.error)
+            if isinstance(cause, MissingMainGuard):
+                cause.__cause__ = None  # its message says all; the import's traceback is noise
+                worker.init_error = cause
+                return
             error = WorkerInitError(
-                f"the worker initializer raised {type(cause).__name__}: {cause} (pid "
-                f"{worker.pid}); see the remote traceback above"
+                f"a worker (pid {worker.pid}) failed {message.stage}: {type(cause).__name__}: "
+                f"{cause}; see the remote traceback above"
             )
             error.__cause__ = cause
             worker.init_error = error
 
     def _check_started(self) -> None:
         ready = sum(1 for w in self.workers.values() if w.state is State.READY)
-        if ready >= self.config.min_workers:
+        if ready >= self.lanes.minimum:
             self.started.set()
 
-    def _on_done(self, worker: Worker, task_id: int, *result: Any) -> None:
+    def _on_done(self, worker: Worker, done: Done) -> None:
         task = worker.outstanding.popleft()
-        assert task.id == task_id, "worker results arrived out of order"
+        assert task.id == done.task_id, "worker results arrived out of order"
         try:
-            self._finish(worker, task, *result)
+            self._finish(worker, task, done)
         except BaseException as exc:
             # The task has left every list break_pool looks at: fail it here, or it is lost.
             if not task.future.done():
                 task.future.set_exception(exc)
             raise
 
-    def _finish(
-        self,
-        worker: Worker,
-        task: Task,  # the rest: the worker's "done" message (see memwise.pool.worker)
-        status: int,
-        payload: bytes,
-        seconds: float,
-        gifts: tuple[Any, ...],
-        returns: list[Any],
-        private: int | None,
-        peak: int | None,
-    ) -> None:
+    def _finish(self, worker: Worker, task: Task, done: Done) -> None:
         task.release_memory()
-        _oob.returned(returns, worker.pid)
-        if peak is not None:
-            self._learn_peak(task, peak)
-        for gift in gifts:
+        _oob.returned(done.returns, worker.pid)
+        if done.peak is not None:
+            self._learn_peak(task, done.peak)
+        private, seconds = done.private, done.seconds
+        for gift in done.gifts:
             produced = worker.result_sizes
             produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, dispatch.RESTOCK_DEPTH)
         now = time.monotonic()
@@ -584,7 +748,7 @@ class Supervisor:
             seconds if self.service_time is None else 0.8 * self.service_time + 0.2 * seconds
         )
         self.failures.clear()
-        self._complete(task, status, payload, gifts)
+        self._complete(worker, task, done, now)
         if not worker.retiring:
             reason = self.config.recycle.after_task(worker.tasks_done, private)
             if reason is not None:
@@ -599,21 +763,27 @@ class Supervisor:
         label = task.label
         self.peaks[label] = max(peak, int(self.peaks.get(label, 0) * PEAK_DECAY))
 
-    def _complete(self, task: Task, status: int, payload: bytes, gifts: tuple[Any, ...]) -> None:
+    def _complete(self, worker: Worker, task: Task, done: Done, now: float) -> None:
+        status = done.status
         try:
-            if status == _worker_module.OK:
-                buffers = _oob.adopted(gifts)
-                value = _wire.loads(payload, lambda: f"the result of {task}", buffers)
+            if status == OK:
+                buffers = _oob.adopted(done.gifts)
+                value = _wire.loads(done.payload, lambda: f"the result of {task}", buffers)
             else:
-                error = _wire.load_exception(payload)
+                error = _wire.load_exception(done.payload)
         except (SerializationError, OSError, ValueError) as exc:
             # Unpicklable, or its result slots could not be mapped: this task fails alone.
-            status, error = _worker_module.RAISED, exc
-        if status == _worker_module.OK:
-            self.counts["done"] += 1
+            status, error = RAISED, exc
+        tally = self.tally
+        tally.ran(done.seconds, now)
+        if status == OK:
+            tally.done += 1
+            if self.events.subscriptions:
+                self.task_event("task_finished", task, worker, seconds=done.seconds)
             self._results.append((task.future, value))
         else:
-            self.counts["failed"] += 1
+            tally.failed += 1
+            self.task_event("task_failed", task, worker, reason=type(error).__name__)
             task.future.set_exception(error)
 
     def break_pool(self, error: BaseException, cause: BaseException | None) -> None:
@@ -626,14 +796,17 @@ class Supervisor:
             self.broken = error
             self.idle.clear()
             pending = list(self.incoming) + self.queue.drain()
+            self.dropped_queued = 0
             self.incoming.clear()
         for worker in self.everyone():
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
             self.kill(worker, "broken")
+        self.event("pool_broken", reason=str(error))
         for task in pending:
             task.release_memory()
             if not task.future.done():
+                self.task_event("task_failed", task, reason=type(error).__name__)
                 task.future.set_exception(error)
         self.started.set()
 
@@ -647,4 +820,5 @@ class Supervisor:
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        _oob.pool_closed()
         self.started.set()

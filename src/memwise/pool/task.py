@@ -21,10 +21,11 @@ class Task:
     ``attempts`` counts how many times a worker died while running it, so that ``retries``
     can bound re-runs; tasks that were merely queued behind it on a dead worker don't count.
     ``claimed`` is set once the future is marked running, which may happen only once even if
-    the task is re-queued. ``slot`` is the worker slot a keyed task is pinned to.
+    the task is re-queued. ``lane`` is the worker lane a keyed task is pinned to.
     """
 
     __slots__ = (
+        "announced",
         "attempts",
         "blocked_since",
         "claimed",
@@ -34,13 +35,13 @@ class Task:
         "future",
         "id",
         "key",
+        "lane",
         "memory",
         "outgoing",
         "payload",
         "priority",
         "reservation",
         "seq",
-        "slot",
         "timeout",
     )
 
@@ -52,7 +53,6 @@ class Task:
         timeout: float | None = None,
         *,
         key: Hashable = None,
-        slot: int | None = None,
         priority: int = 0,
         coalesce: Hashable = None,
         memory: int = 0,
@@ -63,7 +63,7 @@ class Task:
         self.fn = fn
         self.timeout = timeout
         self.key = key
-        self.slot = slot
+        self.lane: int | None = None  # set when the pool routes its key (see pool.lanes)
         self.priority = priority
         self.coalesce = coalesce
         self.memory = memory  # bytes reserved in the pool's MemoryBudget while it runs
@@ -75,6 +75,7 @@ class Task:
         self.attempts = 0
         self.claimed = False
         self.dropped = False
+        self.announced = False  # its task_started event went out (since its last retry)
 
     def claim(self) -> bool:
         """Mark the future running before sending the task; False if it was cancelled.
@@ -87,10 +88,9 @@ class Task:
             self.claimed = self.future.set_running_or_notify_cancel()
         return self.claimed
 
-    def entry(self, pid: int) -> tuple[int, bytes, tuple[Any, ...]]:
-        """What a ``run`` message carries for this task to worker ``pid``."""
-        handles = () if self.outgoing is None else self.outgoing.lend(pid)
-        return (self.id, self.payload, handles)
+    def lend_slots(self, pid: int) -> tuple[Any, ...]:
+        """Lend the slots of its large arguments to worker ``pid``; their handles."""
+        return () if self.outgoing is None else self.outgoing.lend(pid)
 
     def release_memory(self) -> None:
         """Give back the task's budget reservation (it ended, or goes back to the queue)."""

@@ -3,23 +3,13 @@
 This module is preloaded in the forkserver, so it imports only the standard library and
 memwise's light modules: a fork from the server then starts a worker in a few milliseconds.
 
-Protocol (each message one pickled tuple on the duplex pipe):
-
-parent → worker: ``("init", payload, options)`` once, then
-``("run", [(task_id, payload, slot_handles), ...], restock, epoch)`` any number of times, then
-``("stop",)``. The tasks of
-one ``run`` message and of successive ones are executed strictly in order, which lets the
-parent know which task was running when a worker dies: the oldest one without a result.
-
-worker → parent: ``("ready", pid)`` or ``("init_error", exception)``, then one
-``("done", task_id, status, payload, seconds, result_slots, returned_slots, private_memory,
-peak_rise)`` per task, in order. Slot handles are explained in :mod:`memwise._oob`.
+The messages it exchanges with the supervisor are in :mod:`memwise.pool._protocol`.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -30,9 +20,25 @@ from typing import Any
 from memwise import _channel, _oob, _wire
 from memwise.errors import SerializationError
 from memwise.memory import PeakProbe
+from memwise.pool import context
+from memwise.pool._protocol import (
+    OK,
+    RAISED,
+    Done,
+    Init,
+    InitError,
+    InitOptions,
+    Ready,
+    Run,
+    Stop,
+    TaskEntry,
+    decode,
+    encode,
+)
 from memwise.pool.ledger import Ledger
+from memwise.shared._names import Owner, owner_of
+from memwise.shared._sweep import sweep_when_dead
 
-OK, RAISED = 0, 1
 EXIT_PARENT_GONE = 70
 EXIT_INIT_FAILED = 71
 
@@ -70,22 +76,28 @@ def run_chunk(fn: Any, items: list[Any], star: bool) -> PartialChunk:
     return PartialChunk(results, None)
 
 
-def _watch_parent(alive: Any) -> None:
+def _watch_parent(alive: Any, owner: Owner) -> None:
     """Exit when the parent is gone, even in the middle of a task.
 
     The parent holds the only write end of the ``alive`` pipe and never writes to it, so
-    ``recv`` ends (EOF) exactly when the parent has died, however it died.
+    ``recv`` ends (EOF) exactly when the parent has died, however it died. Its shared memory
+    goes too: nobody else would unlink it before the next pool starts.
     """
     try:
         while True:
             alive.recv_bytes()
     except (EOFError, OSError):
         pass
-    os._exit(EXIT_PARENT_GONE)
+    try:
+        sweep_when_dead(owner)
+    finally:
+        os._exit(EXIT_PARENT_GONE)
 
 
 def _die_with_parent(alive: Any) -> None:
-    threading.Thread(target=_watch_parent, args=(alive,), daemon=True).start()
+    parent = multiprocessing.parent_process()  # the pool's process, not the forkserver
+    owner = owner_of(os.getppid() if parent is None or parent.pid is None else parent.pid)
+    threading.Thread(target=_watch_parent, args=(alive, owner), daemon=True).start()
     if sys.platform.startswith("linux"):
         # Backstop for tasks that hold the GIL forever: the kernel kills us when our parent
         # (the forkserver, which itself exits with the pool's process) goes away.
@@ -99,19 +111,24 @@ def _die_with_parent(alive: Any) -> None:
             pass
 
 
-def _send(channel: _channel.Channel, message: tuple[Any, ...]) -> None:
-    channel.send(pickle.dumps(message, _wire.PROTOCOL))
+def _send(channel: _channel.Channel, message: Any) -> None:
+    channel.send(encode(message))
 
 
-def _initialize(conn: _channel.Channel, payload: bytes | None) -> bool:
+def _initialize(
+    conn: _channel.Channel, payload: bytes | None, start_initargs: tuple[Any, ...] | None
+) -> bool:
+    if context.main_failure is not None:  # the forkserver could not import the main script
+        _send(conn, InitError(context.main_failure, "importing the main script"))
+        return False
     try:
         if payload is not None:
             initializer, initargs = _wire.loads(payload, "the initializer")
-            initializer(*initargs)
+            initializer(*(initargs if start_initargs is None else start_initargs))
     except BaseException as exc:
-        _send(conn, ("init_error", _wire.dump_exception(exc)))
+        _send(conn, InitError(_wire.dump_exception(exc), "running the initializer"))
         return False
-    _send(conn, ("ready", os.getpid()))
+    _send(conn, Ready(os.getpid()))
     return True
 
 
@@ -145,21 +162,23 @@ def _execute(
     return task_id, OK, data, seconds, tuple(encoder.gifts)
 
 
-def _after_task(options: dict[str, Any]) -> int | None:
+def _after_task(options: InitOptions) -> int | None:
     """Housekeeping between tasks; returns private memory when the supervisor wants it."""
-    if options.get("trim"):
+    if options.trim:
         from memwise.memory import trim
 
         trim()
-    if options.get("report_memory"):
+    if options.report_memory:
         from memwise.memory import private_memory
 
         return private_memory()
     return None
 
 
-def main(conn: Any, alive: Any, ledger: Ledger) -> None:
-    """Entry point of a worker process."""
+def main(
+    conn: Any, alive: Any, ledger: Ledger, start_initargs: tuple[Any, ...] | None = None
+) -> None:
+    """Entry point of a worker process (``start_initargs``: see ``PoolConfig``)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(alive)
@@ -167,17 +186,18 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
     inbox: deque[bytearray] = deque(channel.receive())
     while not inbox:
         inbox.extend(channel.receive())
-    kind, payload, options = pickle.loads(inbox.popleft())
-    if kind != "init" or not _initialize(channel, payload):
+    init = decode(inbox.popleft())
+    if not isinstance(init, Init) or not _initialize(channel, init.initializer, start_initargs):
         sys.exit(EXIT_INIT_FAILED)
-    slots = _oob.WorkerSlots(options["owner"], options["shm_threshold"])
+    options = init.options
+    slots = _oob.WorkerSlots(options.owner, options.shm_threshold)
     slots.serve_tasks()
-    recycle = options["recycle"]
-    probe = PeakProbe() if options["measure_peak"] else None
+    recycle = options.recycle
+    probe = PeakProbe() if options.measure_peak else None
     borrowing = False
     tasks_done = 0
     newest_epoch = -1
-    backlog: deque[tuple[int, tuple[int, bytes, tuple[Any, ...]]]] = deque()
+    backlog: deque[tuple[int, TaskEntry]] = deque()
     while True:
         if backlog:
             epoch, (task_id, payload, handles) = backlog.popleft()
@@ -196,7 +216,7 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
                 # go to another worker, and this one's memory never exceeds its limit by more
                 # than one task's worth. The supervisor reaches the same verdict from "done".
                 ledger.revoke(newest_epoch)
-            _send(channel, ("done", *outcome, returns, private, peak))
+            _send(channel, Done(*outcome, returns, private, peak))
             continue
         if not inbox:
             try:
@@ -204,10 +224,9 @@ def main(conn: Any, alive: Any, ledger: Ledger) -> None:
             except (EOFError, OSError):
                 return
             continue
-        message = pickle.loads(inbox.popleft())
-        if message[0] == "stop":
+        message: Run | Stop = decode(inbox.popleft())
+        if isinstance(message, Stop):
             return
-        _, tasks, restock, epoch = message
-        newest_epoch = epoch
-        slots.stock(restock)
-        backlog.extend((epoch, task) for task in tasks)
+        newest_epoch = message.epoch
+        slots.stock(message.restock)
+        backlog.extend((message.epoch, task) for task in message.tasks)

@@ -9,7 +9,8 @@ pre-faulted POSIX shared-memory segments in size classes, under a byte cap. Arra
 are writable; arrays received from another process are read-only unless lent for writing. A slot
 returns to its pool when the last array viewing it is garbage collected, or on ``release(array)``.
 A mapping is never closed under a live array: it is unmapped when the last reference to it goes.
-``stats()``, ``leaks()`` and ``trim()`` report on and shrink this process's default pool.
+``stats()``, ``leaks()`` and ``trim()`` report on and shrink this process's default pool;
+``owned_segments()`` lists what this process still has in /dev/shm.
 
 Lifetime protocol (what the pool transport builds on)
 -----------------------------------------------------
@@ -58,7 +59,7 @@ from memwise.shared._arrays import (
     zeros,
 )
 from memwise.shared._cache import attach
-from memwise.shared._names import Owner
+from memwise.shared._names import Owner, owned_segments
 from memwise.shared._pool import SlotPool
 from memwise.shared._report import SizeClassStats, SlotLeak, SlotStats
 from memwise.shared._slot import Slot, SlotHandle
@@ -88,6 +89,7 @@ __all__ = [
     "find_slot",
     "hand_over",
     "leaks",
+    "owned_segments",
     "release",
     "set_default_pool",
     "slot_array",

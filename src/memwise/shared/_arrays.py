@@ -141,7 +141,9 @@ def leaks() -> list[SlotLeak]:
 
 def trim() -> int:
     """Unlink the default pool's free slots; returns the bytes given back to the OS."""
-    return default_pool().trim()
+    with _default_lock:
+        pool = _default
+    return 0 if pool is None else pool.trim()
 
 
 def _reset_after_fork() -> None:

@@ -83,6 +83,11 @@ def _start_tag(pid: int) -> str | None:
 
 @lru_cache(maxsize=1)
 def _owner_of(pid: int) -> Owner:
+    return owner_of(pid)
+
+
+def owner_of(pid: int) -> Owner:
+    """Process ``pid`` as an owner (read now, while it lives)."""
     return Owner(pid, _start_tag(pid) or "0")
 
 
@@ -126,3 +131,16 @@ def list_segments() -> list[str] | None:
     except OSError:
         return None
     return ["/" + entry for entry in entries if entry.startswith(PREFIX)]
+
+
+def owned_segments(pid: int | None = None) -> list[str] | None:
+    """Names of the segments in /dev/shm owned by process ``pid`` (default: this one).
+
+    What an application checks at exit to confirm it left nothing behind; None where shared
+    memory cannot be listed (macOS).
+    """
+    names = list_segments()
+    if names is None:
+        return None
+    pid = os.getpid() if pid is None else pid
+    return [name for name in names if (parsed := parse(name)) and parsed.owner.pid == pid]

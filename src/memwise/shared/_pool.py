@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Literal
 
-from memwise.errors import SharedMemoryError, SharedMemoryExhausted
+from memwise.errors import ClosedError, SharedMemoryExhausted
+from memwise.memory import parse_size
 from memwise.shared import _cache, _segment
 from memwise.shared._guard import Guard
 from memwise.shared._names import Owner, current_owner, new_name
@@ -31,6 +33,12 @@ from memwise.shared._slot import Entry, Slot, SlotHandle
 from memwise.shared._sweep import sweep_created_by, sweep_orphans
 
 _MIB = 1024 * 1024
+# Free slots are kept warm up to this multiple of the bytes in use at the recent peak...
+FREE_FACTOR = 2
+# ...where "recent" means the last this many seconds...
+PEAK_WINDOW = 5.0
+# ...and each is unlinked after this many seconds unused.
+DEFAULT_IDLE = 10.0
 
 
 def default_cap() -> int:
@@ -59,6 +67,12 @@ class SlotPool:
     :class:`SharedMemoryExhausted`. ``owner`` names the process answering for the segments: a
     worker creating result slots for its parent passes the parent's ``pool.owner``. Starting a
     pool sweeps orphans of dead owners unless ``sweep=False``.
+
+    Free slots are what makes reuse cheap, but they hold memory nobody uses, so they are
+    bounded: at most ``keep_free`` bytes (default: ``FREE_FACTOR`` times the bytes in use at
+    the peak of the last one or two ``PEAK_WINDOW`` seconds), and each is unlinked once it
+    has stayed free for ``idle`` seconds (None: never), by a timer: a long-running program
+    gets its shared memory back without calling anything.
     """
 
     def __init__(
@@ -68,10 +82,17 @@ class SlotPool:
         wait: float = 30.0,
         owner: Owner | None = None,
         sweep: bool = True,
+        keep_free: int | str | None = None,
+        idle: float | None = DEFAULT_IDLE,
     ) -> None:
         self.owner = owner if owner is not None else current_owner()
         self.cap = cap if cap is not None else default_cap()
         self.wait = wait
+        self.keep_free = None if keep_free is None else parse_size(keep_free)
+        self.idle = idle
+        self._peak = self._previous_peak = 0  # bytes in use at the peak of a window
+        self._peak_since = time.monotonic()
+        self._expiry: threading.Timer | None = None
         self._guard = Guard()
         self._entries: dict[str, Entry] = {}
         self._free: OrderedDict[str, Entry] = OrderedDict()  # least recently released first
@@ -211,7 +232,20 @@ class SlotPool:
         entry.nbytes = nbytes
         entry.site = site
         entry.since = time.monotonic()
+        self._recent_peak(entry.since)
         return Slot(self, entry, nbytes)
+
+    def _recent_peak(self, now: float) -> int:
+        """The most bytes in use in this window and the one before, counting now."""
+        in_use = self._bytes - self._free_bytes()
+        if now - self._peak_since > PEAK_WINDOW:
+            self._previous_peak, self._peak, self._peak_since = self._peak, in_use, now
+        else:
+            self._peak = max(self._peak, in_use)
+        return max(self._peak, self._previous_peak)
+
+    def _free_bytes(self) -> int:
+        return sum(entry.segment.size for entry in self._free.values())
 
     def _exhausted(self, nbytes: int, timeout: float) -> SharedMemoryExhausted:
         size = size_class(nbytes)
@@ -245,8 +279,58 @@ class SlotPool:
 
     def _settle(self, entry: Entry) -> None:
         if not entry.leased and not entry.borrows:
+            entry.freed = time.monotonic()
             self._free[entry.segment.name] = entry
             self._guard.notify_all()
+            self._bound_free(entry.freed)
+
+    def _bound_free(self, now: float) -> None:
+        """Unlink the least recently freed slots beyond the bound; time the rest out."""
+        limit = self.keep_free
+        if limit is None:
+            limit = FREE_FACTOR * self._recent_peak(now)
+        excess = self._free_bytes() - limit
+        doomed = []
+        while excess > 0 and self._free:
+            _, entry = self._free.popitem(last=False)
+            self._forget(entry)
+            self._counts["evicted"] += 1
+            doomed.append(entry)
+            excess -= entry.segment.size
+        _discard(doomed)  # under the lock, but only when over the bound: rare and cheap
+        if self._free and self.idle is not None and self._expiry is None:
+            oldest = next(iter(self._free.values())).freed
+            self._expiry = threading.Timer(
+                max(0.0, oldest + self.idle - now), _expire, (weakref.ref(self),)
+            )
+            self._expiry.daemon = True
+            try:
+                self._expiry.start()
+            except RuntimeError:  # interpreter shutdown: everything is unlinked at exit anyway
+                self._expiry = None
+
+    def expire_idle(self) -> int:
+        """Unlink free slots unused for ``idle`` seconds; returns the bytes freed.
+
+        A timer calls it while free slots remain; there is no need to call it yourself.
+        """
+        with self._guard:
+            self._expiry = None
+            if self._closed or self.idle is None:
+                return 0
+            now = time.monotonic()
+            doomed = []
+            while self._free:
+                name, entry = next(iter(self._free.items()))
+                if now - entry.freed < self.idle:
+                    break
+                del self._free[name]
+                self._forget(entry)
+                self._counts["evicted"] += 1
+                doomed.append(entry)
+            self._bound_free(now)  # re-arms the timer for the slots left
+        _discard(doomed)
+        return sum(entry.segment.size for entry in doomed)
 
     # -- ownership across processes ------------------------------------------------------------
 
@@ -400,11 +484,17 @@ class SlotPool:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise SharedMemoryError("this SlotPool is closed; create a new one")
+            raise ClosedError("this SlotPool is closed; create a new one")
 
     def _forget(self, entry: Entry) -> None:
         del self._entries[entry.segment.name]
         self._bytes -= entry.segment.size
+
+
+def _expire(pool_ref: weakref.ref[SlotPool]) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        pool.expire_idle()
 
 
 def _discard(entries: list[Entry]) -> None:

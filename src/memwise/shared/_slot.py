@@ -24,7 +24,7 @@ class SlotHandle:
 class Entry:
     """One segment owned by a pool, with its state (guarded by the pool's lock)."""
 
-    __slots__ = ("borrows", "generation", "leased", "nbytes", "segment", "since", "site")
+    __slots__ = ("borrows", "freed", "generation", "leased", "nbytes", "segment", "since", "site")
 
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
@@ -34,6 +34,7 @@ class Entry:
         self.borrows: dict[int, int] = {}  # pid -> outstanding loans
         self.site = ""
         self.since = 0.0
+        self.freed = 0.0  # when it last became free (monotonic)
 
 
 class Slot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 
 from memwise.shared import _segment
@@ -25,6 +26,26 @@ def sweep_orphans() -> list[str]:
         if alive is None:
             alive = verdicts[parsed.owner] = is_alive(parsed.owner)
         if not alive and _segment.unlink(name):
+            removed.append(name)
+    return removed
+
+
+def sweep_when_dead(owner: Owner, wait: float = 2.0) -> list[str]:
+    """Unlink ``owner``'s segments once it has died; called by processes that outlive it.
+
+    A worker or forkserver sees its pool's process go (a pipe closes) a moment before the
+    kernel marks it dead; it waits up to ``wait`` seconds for that, and leaves everything
+    alone if the owner turns out to be alive.
+    """
+    deadline = time.monotonic() + wait
+    while is_alive(owner):
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.01)
+    removed = []
+    for name in list_segments() or ():
+        parsed = parse(name)
+        if parsed is not None and parsed.owner == owner and _segment.unlink(name):
             removed.append(name)
     return removed
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from memwise.pool.snapshot import DURATION_BUCKETS, Histogram
 
 if TYPE_CHECKING:
-    from memwise.pool.lanes import LaneTask
+    from memwise.pool.remote_lanes import LaneTask
 
 # Workers failing to start this often within this many seconds break the pool (as locally).
 STORM_DEATHS = 5

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from memwise.pool.lane import Lane
+from memwise.pool.remote_lane import Lane
 from memwise.pool.snapshot import (
     PoolSnapshot,
     PoolState,
@@ -18,7 +18,7 @@ from memwise.pool.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from memwise.pool.lanes import LaneSupervisor
+    from memwise.pool.remote_lanes import LaneSupervisor
 
 THROUGHPUT_SECONDS = 10.0  # the window of "recent" for throughput
 # Remote workers exchange data through their engine's object store, never through this
@@ -30,7 +30,7 @@ def snapshot(sup: LaneSupervisor) -> PoolSnapshot:
     with sup.lock:
         now, wall = time.monotonic(), time.time()
         lanes = sorted(sup.lanes.values(), key=lambda lane: lane.index)
-        waiting = sup.queue.pinned()
+        waiting = sup.queue.lane_counts()
         in_flight = sum(len(lane.sent) for lane in lanes + sup.draining)
         state: PoolState = "running"
         if sup.broken is not None:

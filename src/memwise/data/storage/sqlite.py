@@ -1,0 +1,179 @@
+"""Data products in one SQLite database (WAL mode: readers never block the writer).
+
+Chunks are rows of ``chunks(key, idx, data)``; a product is written under a staging key
+(``~<key>~<random>``) and made visible by one transaction that renames its rows and inserts
+its ``products`` row, so readers see it complete or not at all. Rows a killed writer left
+under a staging key are deleted by the next writer of that key. Key locks are files beside
+the database (``<db>.locks/``), as for the directory backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memwise.data.chunk import Chunk
+from memwise.data.lineage import DataKey
+from memwise.data.storage.base import KeyLock, dtype_from_json, save_whole
+from memwise.errors import DataNotFound
+
+__all__ = ["SQLiteStorage"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS products (key TEXT PRIMARY KEY, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    key TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (key, idx)
+);
+"""
+
+
+class _SQLiteWriter:
+    def __init__(self, storage: SQLiteStorage, key: DataKey, metadata: dict[str, Any]) -> None:
+        self._storage = storage
+        self._key = key
+        self._metadata = metadata
+        self._staging = f"{staging_prefix(key)}{uuid.uuid4().hex[:8]}"
+        self._chunks: list[dict[str, int]] = []
+        self._nbytes = 0
+
+    def write(self, chunk: Chunk) -> None:
+        data = np.ascontiguousarray(chunk.data)
+        blob = memoryview(data).cast("B")  # type: ignore[arg-type]
+        with self._storage.connection() as db:
+            db.execute(
+                "INSERT INTO chunks (key, idx, data) VALUES (?, ?, ?)",
+                (self._staging, len(self._chunks), blob),
+            )
+        self._chunks.append({"start": chunk.start, "end": chunk.end, "n": len(chunk)})
+        self._nbytes += data.nbytes
+
+    def finalize(self) -> None:
+        metadata = {
+            **self._metadata,
+            "key": str(self._key),
+            "chunks": self._chunks,
+            "nbytes": self._nbytes,
+        }
+        with self._storage.connection() as db:  # one transaction: all visible at once
+            db.execute("UPDATE chunks SET key = ? WHERE key = ?", (str(self._key), self._staging))
+            db.execute(
+                "INSERT INTO products (key, metadata) VALUES (?, ?)",
+                (str(self._key), json.dumps(metadata)),
+            )
+
+    def abort(self) -> None:
+        with self._storage.connection() as db:
+            db.execute("DELETE FROM chunks WHERE key = ?", (self._staging,))
+
+
+def staging_prefix(key: DataKey) -> str:
+    return f"~{key}~"
+
+
+class SQLiteStorage:
+    """Data products in the SQLite database at ``path``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self.connection() as db:
+            db.executescript(SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({str(self.path)!r})"
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3 connections belong to one thread)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread's storage goes)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def exists(self, key: DataKey) -> bool:
+        row = (
+            self.connection()
+            .execute("SELECT 1 FROM products WHERE key = ?", (str(key),))
+            .fetchone()
+        )
+        return row is not None
+
+    def metadata(self, key: DataKey) -> dict[str, Any]:
+        row = (
+            self.connection()
+            .execute("SELECT metadata FROM products WHERE key = ?", (str(key),))
+            .fetchone()
+        )
+        if row is None:
+            raise DataNotFound(f"{key} is not stored in {self.path}")
+        metadata: dict[str, Any] = json.loads(row[0])
+        return metadata
+
+    def load(self, key: DataKey) -> Iterator[Chunk]:
+        metadata = self.metadata(key)
+        dtype = dtype_from_json(metadata["dtype"])
+        for idx, entry in enumerate(metadata["chunks"]):
+            row = (
+                self.connection()
+                .execute("SELECT data FROM chunks WHERE key = ? AND idx = ?", (str(key), idx))
+                .fetchone()
+            )
+            data = np.frombuffer(row[0], dtype) if entry["n"] else np.zeros(0, dtype)
+            yield Chunk(data, entry["start"], entry["end"], check=False)
+
+    def load_array(self, key: DataKey) -> np.ndarray:
+        datas = [c.data for c in self.load(key)]
+        if len(datas) == 1:
+            return datas[0]
+        whole = (
+            np.concatenate(datas)
+            if datas
+            else np.zeros(0, dtype_from_json(self.metadata(key)["dtype"]))
+        )
+        whole.flags.writeable = False  # as every backend's arrays: stored data is read-only
+        return whole
+
+    def writer(self, key: DataKey, metadata: dict[str, Any]) -> _SQLiteWriter:
+        return _SQLiteWriter(self, key, metadata)
+
+    def save(self, key: DataKey, chunks: list[Chunk], metadata: dict[str, Any]) -> None:
+        save_whole(self, key, chunks, metadata)
+
+    def delete(self, key: DataKey) -> None:
+        with self.connection() as db:
+            gone = db.execute("DELETE FROM products WHERE key = ?", (str(key),)).rowcount
+            db.execute("DELETE FROM chunks WHERE key = ?", (str(key),))
+        if not gone:
+            raise DataNotFound(f"{key} is not stored in {self.path}")
+
+    def keys(self) -> list[DataKey]:
+        rows = self.connection().execute("SELECT key FROM products").fetchall()
+        return sorted(DataKey.parse(r[0]) for r in rows)
+
+    def size(self, key: DataKey) -> int:
+        return int(self.metadata(key)["nbytes"])
+
+    def lock(self, key: DataKey, timeout: float) -> KeyLock:
+        return KeyLock(self.path.with_name(self.path.name + ".locks") / f"{key}.lock", timeout)
+
+    def clean(self, key: DataKey) -> None:
+        prefix = staging_prefix(key)
+        with self.connection() as db:
+            db.execute("DELETE FROM chunks WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
