@@ -17,6 +17,7 @@ import _tasks
 from _tasks import WAIT
 from memwise import Recycle, WorkerPool
 from memwise.errors import (
+    BrokenPool,
     SerializationError,
     TaskTimeout,
     WorkerCrashed,
@@ -186,6 +187,15 @@ def test_timeout_kills_and_replaces_the_worker(backend):
             pool.options(timeout=1).submit(_tasks.hang).result(WAIT)
         assert _tasks.wait_gone([pid]) == set()
         assert pool.submit(_tasks.getpid).result(WAIT) != pid
+
+
+def test_shutdown_with_timeout_kills_what_still_runs(backend, tmp_path):
+    pool = make_pool(backend, workers=1)
+    future = pool.submit(_tasks.block, tmp_path / "pid", tmp_path / "never")
+    _tasks.read_pid(tmp_path / "pid")
+    pool.shutdown(timeout=1)
+    with pytest.raises(BrokenPool, match="timeout=1"):
+        future.result(WAIT)
 
 
 def test_initializer_failure_raises_at_construction(backend):

@@ -201,8 +201,11 @@ class RayBackend:
     def close(self, cancel_futures: bool) -> None:
         self._supervisor.close(cancel_futures)
 
-    def join(self, timeout: float | None = None) -> None:
-        self._supervisor.join(timeout)
+    def join(self, timeout: float | None = None) -> bool:
+        return self._supervisor.join(timeout)
+
+    def terminate(self, error: BaseException) -> None:
+        self._supervisor.terminate(error)
 
     def snapshot(self) -> PoolSnapshot:
         return self._supervisor.snapshot()

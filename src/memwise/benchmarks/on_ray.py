@@ -84,9 +84,8 @@ class System:
 
 @contextmanager
 def _cluster() -> Iterator[Any]:
-    import ray
-
-    from memwise.ray import connect
+    # memwise.ray first: it keeps Ray from rebuilding a ``uv run`` environment for workers.
+    from memwise.ray import connect, ray
 
     connect(num_cpus=WORKERS)
     try:

@@ -37,6 +37,11 @@ _DEFAULTS = TaskOptions()
 # (one message each way) stays negligible against per-item work.
 CHUNKS_PER_WORKER = 8
 
+_SHUTDOWN_TIMEOUT = (
+    "the pool was shut down with timeout={timeout} s and this task had not finished by then; "
+    "its worker was killed"
+)
+
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
@@ -353,20 +358,18 @@ class WorkerPool(Executor):
         """
         if self._remote is not None:
             self._remote.close(cancel_futures)
-            if wait:
-                self._remote.join(timeout)
-                _live_pools.discard(self)
+            if not wait:
+                return
+            if timeout is not None and not self._remote.join(timeout):
+                self._remote.terminate(BrokenPool(_SHUTDOWN_TIMEOUT.format(timeout=timeout)))
+            self._remote.join()
+            _live_pools.discard(self)
             return
         self._supervisor.close(cancel_futures)
         if not wait:
             return
         if timeout is not None and not self._supervisor.join(timeout):
-            self._supervisor.terminate(
-                BrokenPool(
-                    f"the pool was shut down with timeout={timeout} s and this task had not "
-                    "finished by then; its worker was killed"
-                )
-            )
+            self._supervisor.terminate(BrokenPool(_SHUTDOWN_TIMEOUT.format(timeout=timeout)))
         self._supervisor.join()
         self._supervisor.events.close(wait=True)
         _live_pools.discard(self)  # without wait, exit still waits for the workers to end

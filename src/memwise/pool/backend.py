@@ -35,8 +35,12 @@ class PoolBackend(Protocol):
     def close(self, cancel_futures: bool) -> None:
         """Accept no more tasks; cancel the queued ones if asked; let the rest finish."""
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until every worker has been stopped and the backend's threads have ended."""
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every worker has been stopped and the backend's threads have ended;
+        False if ``timeout`` passed first."""
+
+    def terminate(self, error: BaseException) -> None:
+        """End every worker now; fail every unfinished future with ``error``."""
 
     def snapshot(self) -> PoolSnapshot:
         """A consistent picture of the pool now."""

@@ -159,9 +159,13 @@ class LaneSupervisor:
             before, self.workers = self.workers, workers
         self._inbox.put(lambda: self._resize(before, workers))
 
-    def join(self, timeout: float | None = None) -> None:
+    def join(self, timeout: float | None = None) -> bool:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def terminate(self, error: BaseException) -> None:
+        self._inbox.put(lambda: self.break_pool(error))
 
     @property
     def running(self) -> bool:
