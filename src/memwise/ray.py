@@ -119,9 +119,7 @@ class _Transport:
 
     def start(self, lane: int, notify: Callable[[], None]) -> tuple[Any, Any]:
         handle = LaneActor.options(**self._actor_options).remote(self._trim)  # type: ignore[attr-defined]
-        token = handle.ready.remote(*self._init)
-        _on_completion(token, notify)
-        return handle, token
+        return handle, _watched(handle.ready.remote(*self._init), notify)
 
     def send(self, handle: Any, task: LaneTask, notify: Callable[[], None]) -> Any:
         fn, args, kwargs = task.call
@@ -132,12 +130,11 @@ class _Transport:
                 f"could not send {task}: {exc!r}; pass picklable values (module-level "
                 "functions, plain data, numpy arrays) or make the object picklable"
             ) from exc
-        _on_completion(token, notify)
-        return token
+        return _watched(token, notify)
 
     def outcome(self, token: Any) -> Outcome:
         try:
-            status, value, *rest = ray.get(token, timeout=0)
+            status, value, *rest = token.result(timeout=0)
         except ray.exceptions.RayActorError as exc:
             return Outcome(Status.DIED, detail=_death(exc))
         except ray.exceptions.RayError as exc:
@@ -156,8 +153,11 @@ class _Transport:
                 pass  # already gone with its node, or the cluster is shutting down
 
 
-def _on_completion(token: Any, notify: Callable[[], None]) -> None:
-    token.future().add_done_callback(lambda _: notify())
+def _watched(ref: Any, notify: Callable[[], None]) -> Future[Any]:
+    """The call's result as a future (Ray fetches it once); ``notify`` when it is there."""
+    future = ref.future()
+    future.add_done_callback(lambda _: notify())
+    return future
 
 
 def _death(exc: BaseException) -> str:

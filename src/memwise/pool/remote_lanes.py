@@ -7,7 +7,9 @@ The local pool's rules hold here, on remote workers reached through a :class:`Tr
   run in submission order (a remote worker runs its calls in the order they were sent, and a
   key never has calls in flight on two lanes at once, even while lanes are resized);
 - **pipelining**: up to ``PIPELINE`` calls are in flight per lane, so a lane never waits for a
-  round trip between tasks; the first call in flight is the one running;
+  round trip between tasks; the first call in flight is the one running. With
+  ``Recycle(memory=)`` only ``PIPELINE_MEMORY``: calls already sent to a worker that grew too
+  big still run on it;
 - **failures are per future**: a dead worker fails (or, within ``retries``, re-runs) only the
   task it was running; the calls queued behind it go back to their places; a replacement is
   started in the same lane. An overdue task's worker is killed and replaced (``TaskTimeout``);
@@ -50,7 +52,8 @@ from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
 
-PIPELINE = 4  # calls in flight per lane
+PIPELINE = 16  # calls in flight per lane: enough to hide a remote round trip per call
+PIPELINE_MEMORY = 2  # with Recycle(memory=), which can only act between calls
 
 
 class Transport(Protocol):
@@ -118,6 +121,7 @@ class LaneSupervisor:
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._failures: deque[float] = deque()
         self._generations = itertools.count(1)
+        self._pipeline = PIPELINE if config.recycle.memory is None else PIPELINE_MEMORY
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ----- called from user threads -------------------------------------------------------
@@ -317,7 +321,7 @@ class LaneSupervisor:
     def _dispatch(self) -> None:
         if self.broken is not None:
             return
-        for depth in range(1, PIPELINE + 1):
+        for depth in range(1, self._pipeline + 1):
             for lane in list(self.lanes.values()):
                 if len(lane.sent) < depth and self._accepts(lane):
                     self._send_next(lane)
