@@ -20,21 +20,40 @@ Figures = dict[str, float]
 
 
 class Target(TypedDict):
-    """One target of a benchmark, checked against a figure of the same run."""
+    """One target of a benchmark, checked against a figure of the same run.
 
-    value: float
-    target: str  # e.g. "<= 30 MB", ">= 1.5x pebble"
+    ``value`` is None when this run has no figure for it (a system was missing or failed; the
+    benchmark's ``skipped`` says why); such a target is never met.
+    """
+
+    value: float | None
+    target: str  # e.g. "<= 30 MB", ">= 1.5x pebble", "== 0"
     met: bool
 
 
-def at_most(value: float, bound: float, unit: str = "") -> Target:
+def at_most(value: float | None, bound: float, unit: str = "") -> Target:
     """``value <= bound``; ``unit`` is shown after the bound ("MiB", "x in-process")."""
-    return {"value": value, "target": f"<= {bound:g}{_spaced(unit)}", "met": value <= bound}
+    return _check(value, "<=", bound, unit, lambda v: v <= bound)
 
 
-def at_least(value: float, bound: float, unit: str = "") -> Target:
+def at_least(value: float | None, bound: float, unit: str = "") -> Target:
     """``value >= bound``."""
-    return {"value": value, "target": f">= {bound:g}{_spaced(unit)}", "met": value >= bound}
+    return _check(value, ">=", bound, unit, lambda v: v >= bound)
+
+
+def exactly(value: float | None, want: float, unit: str = "") -> Target:
+    """``value == want``: counts that must be zero, or a check's outcome as ``int(ok) == 1``."""
+    return _check(value, "==", want, unit, lambda v: v == want)
+
+
+def _check(
+    value: float | None, op: str, bound: float, unit: str, holds: Callable[[float], bool]
+) -> Target:
+    # A bool would print as true/false and compare as 0/1 by accident: callers say int(ok).
+    if isinstance(value, bool):
+        raise TypeError(f"a target's value is a number, not a bool ({value!r}); use int()")
+    met = value is not None and holds(value)
+    return {"value": value, "target": f"{op} {bound:g}{_spaced(unit)}", "met": met}
 
 
 def _spaced(unit: str) -> str:
@@ -138,7 +157,8 @@ def print_targets(targets: Mapping[str, Target], console: Console | None = None)
     console = console or Console()
     for name, t in targets.items():
         mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
-        console.print(f"target {mark}: {name}: {t['value']:,.3g} (target {t['target']})")
+        shown = "no figure" if t["value"] is None else format(t["value"], ",.3g")
+        console.print(f"target {mark}: {name}: {shown} (target {t['target']})")
 
 
 def _figures_table(result: BenchResult, metrics: Sequence[Metric]) -> Table:

@@ -263,6 +263,9 @@ def poison(*, retries: int = 2, healthy: int = 200, workers: int = 2) -> dict[st
     }
 
 
+SOAK_WORKERS = 2  # the soak pool's size: the count that must hold at the end
+
+
 def soak(*, seconds: float = 60.0, warmup: float = 10.0, rate: float = 2.0) -> dict[str, Any]:
     """Mixed load for ``seconds``: private memory drift, descriptors and workers afterwards."""
     import numpy as np
@@ -275,7 +278,7 @@ def soak(*, seconds: float = 60.0, warmup: float = 10.0, rate: float = 2.0) -> d
     samples: list[tuple[float, int]] = []
     descriptors = None
     start = time.monotonic()
-    with WorkerPool(2, retries=3) as pool, Killer(pool, rate, seed=2) as killer:
+    with WorkerPool(SOAK_WORKERS, retries=3) as pool, Killer(pool, rate, seed=2) as killer:
         while (now := time.monotonic() - start) < seconds:
             batch: list[tuple[Future[Any], int, bool]] = []
             for i in range(50):

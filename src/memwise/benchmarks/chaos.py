@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from memwise.benchmarks._harness import Target
+from memwise.benchmarks._harness import at_most, exactly, print_targets
 from memwise.benchmarks._storms import (
+    SOAK_WORKERS,
     MiB,
     StormFigures,
     actor_storm,
@@ -74,37 +75,32 @@ def run(quick: bool = False) -> dict[str, Any]:
         and results["data"]["same_as_quiet_run"]
     )
     lost += soak_figures["wrong"]
+    poisoned = results["poison"]
+    poison_alone = (
+        poisoned["error"] == "WorkerCrashed"
+        and poisoned["healthy_completed"] == poisoned["healthy"]
+    )
     targets = {
-        "tasks lost": _target(lost, "== 0", lost == 0),
-        "actors, pipelines, data products intact": _target(
-            int(layers_ok), "== 1 (every call, item and peak)", layers_ok
+        "tasks lost": exactly(lost, 0),
+        "actors, pipelines, data products intact (every call, item and peak)": exactly(
+            int(layers_ok), 1
         ),
-        "hangs": _target(hangs, "== 0", hangs == 0),
-        "poison task fails alone": _target(
-            results["poison"]["healthy_completed"],
-            f"== {results['poison']['healthy']} and WorkerCrashed",
-            results["poison"]["error"] == "WorkerCrashed"
-            and results["poison"]["healthy_completed"] == results["poison"]["healthy"],
+        "hangs": exactly(hangs, 0),
+        "poison task fails alone with WorkerCrashed, healthy tasks complete": exactly(
+            int(poison_alone), 1
         ),
-        "processes and segments left": _target(
-            sum(results["leftovers"].values()), "== 0", not any(results["leftovers"].values())
+        "processes and segments left": exactly(sum(results["leftovers"].values()), 0),
+        "descriptor growth": at_most(
+            max(s["descriptors_grown"] for s in [*storms, soak_figures]), 0
         ),
-        "descriptor growth": _target(
-            max(s["descriptors_grown"] for s in [*storms, soak_figures]),
-            "<= 0",
-            all(s["descriptors_grown"] <= 0 for s in [*storms, soak_figures]),
+        "soak workers alive at the end": exactly(
+            soak_figures["workers_alive_at_end"], SOAK_WORKERS
         ),
-        "parent private drift, MiB/min": _target(
-            round(soak_figures["private_drift_mib_per_min"], 3),
-            "<= 1",
-            soak_figures["private_drift_mib_per_min"] <= 1.0,
+        "parent private drift after warm-up": at_most(
+            round(soak_figures["private_drift_mib_per_min"], 3), 1, "MiB/min"
         ),
     }
     return {"benchmark": "chaos", "results": results, "targets": targets}
-
-
-def _target(value: float, target: str, met: bool) -> Target:
-    return {"value": value, "target": target, "met": bool(met)}
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -155,9 +151,4 @@ def print_table(result: dict[str, Any]) -> None:
         f"soak: parent private memory drift {soak_figures['private_drift_mib_per_min']:.3f}"
         f" MiB/min; leftovers {result['results']['leftovers']}"
     )
-    targets = Table(title="targets")
-    for column in ("what", "value", "target", "met"):
-        targets.add_column(column)
-    for what, t in result["targets"].items():
-        targets.add_row(what, str(t["value"]), t["target"], "yes" if t["met"] else "[red]no")
-    console.print(targets)
+    print_targets(result["targets"], console)

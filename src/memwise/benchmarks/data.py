@@ -41,9 +41,19 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from memwise.benchmarks._harness import BenchResult, Figures, Metric, print_result, ratios_against
+from memwise.benchmarks._harness import (
+    Figures,
+    Metric,
+    Target,
+    TargetedResult,
+    at_least,
+    at_most,
+    exactly,
+    print_result,
+    print_targets,
+    ratios_against,
+)
 from memwise.memory import usage_tree
 
 __all__ = ["METRICS", "SYSTEMS", "print_table", "run"]
@@ -81,10 +91,11 @@ QUICK = Sizes(chunks=8, records_per_chunk=20_000)  # about 38 MB
 WARM = Sizes(chunks=2, records_per_chunk=2_000)  # a chunk for each worker
 
 
-class DataResult(BenchResult):
-    """``BenchResult`` plus the targets the issue names, computed from this run."""
+class DataResult(TargetedResult):
+    """``TargetedResult`` plus ``memwise_setting``: the memwise system the targets compare
+    (its fastest cold setting), or None without memwise figures."""
 
-    targets: dict[str, dict[str, Any]]
+    memwise_setting: str | None
 
 
 def run(quick: bool = False) -> DataResult:
@@ -103,48 +114,41 @@ def run(quick: bool = False) -> DataResult:
                 skipped[name] = f"not available: {exc}"
             except Exception as exc:  # a peer that breaks must not take the others down
                 skipped[name] = f"failed: {type(exc).__name__}: {exc}"
+    mine = {n: f for n, f in results.items() if n.startswith("memwise")}
+    best = max(mine, key=lambda n: mine[n]["cold_mb_s"]) if mine else None
     return {
         "benchmark": "data",
         "results": results,
         "skipped": skipped,
         "ratios": ratios_against(results, SUBJECT, METRICS),
-        "targets": _targets(results, digests),
+        "targets": _targets(results, digests, best),
+        "memwise_setting": best,
     }
 
 
-def _targets(results: dict[str, Figures], digests: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Best setting against best setting: memwise's fastest cold setting against strax's
-    fastest, and that same memwise setting's peak PSS against strax's lowest."""
-    strax = {n: f for n, f in results.items() if n.startswith("strax")}
-    mine = {n: f for n, f in results.items() if n.startswith("memwise")}
-    if not mine or not strax:
-        return {}
-    best = max(mine, key=lambda n: mine[n]["cold_mb_s"])
-    cold = mine[best]["cold_mb_s"] / max(f["cold_mb_s"] for f in strax.values())
-    reload = max(f["reload_mb_s"] for f in mine.values()) / max(
-        f["reload_mb_s"] for f in strax.values()
-    )
-    memory = mine[best]["peak_pss_mb"] / min(f["peak_pss_mb"] for f in strax.values())
-    same = len({digests[n] for n in results}) == 1
+def _targets(
+    results: dict[str, Figures], digests: dict[str, str], best: str | None
+) -> dict[str, Target]:
+    """Best setting against best setting: memwise's fastest cold setting (``best``) against
+    strax's fastest, and that same memwise setting's peak PSS against strax's lowest.
+
+    Every target is there even without strax or memwise figures: then its value is None and it
+    is not met (``skipped`` says why)."""
+    strax = [f for n, f in results.items() if n.startswith("strax")]
+    mine = [f for n, f in results.items() if n.startswith("memwise")]
+    cold = reload = memory = same = None
+    if best is not None and strax:
+        cold = round(results[best]["cold_mb_s"] / max(f["cold_mb_s"] for f in strax), 3)
+        reload = round(
+            max(f["reload_mb_s"] for f in mine) / max(f["reload_mb_s"] for f in strax), 3
+        )
+        memory = round(results[best]["peak_pss_mb"] / min(f["peak_pss_mb"] for f in strax), 3)
+        same = int(len({digests[n] for n in results}) == 1)
     return {
-        "cold MB/s vs strax's best setting": {
-            "value": round(cold, 3),
-            "target": f">= {TARGET_COLD}x",
-            "met": cold >= TARGET_COLD,
-            "memwise_setting": best,
-        },
-        "reload MB/s vs strax's best setting": {
-            "value": round(reload, 3),
-            "target": ">= 1x",
-            "met": reload >= 1.0,
-        },
-        "peak PSS vs strax's lowest setting": {
-            "value": round(memory, 3),
-            "target": "<= 1x",
-            "met": memory <= 1.0,
-            "memwise_setting": best,
-        },
-        "same peaks as strax": {"value": same, "target": "identical", "met": same},
+        "cold MB/s vs strax's best setting": at_least(cold, TARGET_COLD, "x"),
+        "reload MB/s vs strax's best setting": at_least(reload, 1, "x"),
+        "peak PSS vs strax's lowest setting": at_most(memory, 1, "x"),
+        "same peaks as strax (1 = identical)": exactly(same, 1),
     }
 
 
@@ -349,17 +353,6 @@ def print_table(result: DataResult, console: Console | None = None) -> None:
     """Figures, memwise (processes) ÷ each system, and the issue's targets."""
     console = console or Console()
     print_result(result, METRICS, SUBJECT, console)
-    if not result["targets"]:
-        console.print("[yellow]targets not checked[/]: memwise or strax has no figures")
-        return
-    table = Table(title="targets")
-    for column in ("what", "value", "target", "met"):
-        table.add_column(column)
-    for what, target in result["targets"].items():
-        value = target["value"]
-        shown = f"{value:.2f}x" if isinstance(value, float) else str(value)
-        if "memwise_setting" in target:
-            what = f"{what} ({target['memwise_setting']})"
-        mark = "[green]yes[/]" if target["met"] else "[red]no[/]"
-        table.add_row(what, shown, target["target"], mark)
-    console.print(table)
+    if result["memwise_setting"]:
+        console.print(f"targets compare [bold]{result['memwise_setting']}[/] (fastest cold)")
+    print_targets(result["targets"], console)
