@@ -31,11 +31,16 @@ from typing import Any
 from rich.console import Console
 
 from memwise.benchmarks._harness import (
-    BenchResult,
     Figures,
     Metric,
+    Target,
+    TargetedResult,
+    at_least,
+    at_most,
+    exactly,
     measure_systems,
     print_result,
+    print_targets,
     ratios_against,
 )
 from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES
@@ -73,10 +78,9 @@ FULL = Sizes(frames=120, warmup=6)
 QUICK = Sizes(frames=24, warmup=4)
 
 
-class PipelineResult(BenchResult):
-    """Adds ``targets``: what the issue asks of memwise processes, from this same run."""
+class PipelineResult(TargetedResult):
+    """Adds ``bound``: the memory bound the growth target is checked against."""
 
-    targets: dict[str, dict[str, Any]]
     bound: dict[str, float]
 
 
@@ -137,43 +141,46 @@ def _systems(sizes: Sizes, scenes: list[Any], checked: dict[str, LineRun]) -> di
     return systems
 
 
-def _target(value: float, op: str, limit: float, unit: str = "") -> dict[str, Any]:
-    met = value >= limit if op == ">=" else value <= limit
-    return {"value": round(value, 3), "target": f"{op} {limit:g}{unit}", "met": bool(met)}
-
-
 def _targets(
     results: dict[str, Figures], checked: dict[str, LineRun], bound_mib: float
-) -> dict[str, dict[str, Any]]:
-    if SUBJECT not in results or "serial" not in results:
-        return {}
-    mine = results[SUBJECT]
+) -> dict[str, Target]:
+    """Every target the issue names; without memwise's (or serial's, or any drop-free peer's)
+    figures, the targets that need them have no value and are not met."""
+    mine = results.get(SUBJECT)
+    serial = results.get("serial")
+    line = checked.get(SUBJECT)
     peers = [
         figures["frames_per_s"]
         for name, figures in results.items()
         if name in PEERS and figures["drops"] == 0
     ]
-    line = checked[SUBJECT]
-    reference = checked["serial"].verdicts
-    targets = {
-        "memwise processes ÷ serial, frames/s": _target(
-            mine["frames_per_s"] / results["serial"]["frames_per_s"], ">=", MIN_SPEEDUP_SERIAL, "x"
+
+    def figure(key: str) -> float | None:
+        return None if mine is None else mine[key]
+
+    def over(peer: float | None) -> float | None:
+        return None if mine is None or not peer else round(mine["frames_per_s"] / peer, 3)
+
+    in_flight = same = None
+    if line is not None:
+        in_flight = line.details["peak_in_flight"]
+        if "serial" in checked:
+            same = int(line.verdicts == checked["serial"].verdicts)
+    return {
+        "memwise processes ÷ serial, frames/s": at_least(
+            over(serial["frames_per_s"] if serial else None), MIN_SPEEDUP_SERIAL, "x"
         ),
-        "memory growth (MiB) within the capacity bound": _target(
-            mine["growth_mib"], "<=", round(bound_mib, 1), " MiB"
+        "memwise processes ÷ best drop-free peer, frames/s": at_least(
+            over(max(peers, default=None)), MIN_SPEEDUP_PEER, "x"
         ),
-        "frames in flight within the capacity": _target(
-            float(line.details["peak_in_flight"]), "<=", float(CAPACITY)
+        "memory growth within the capacity bound": at_most(
+            figure("growth_mib"), round(bound_mib, 1), "MiB"
         ),
-        "drops": _target(mine["drops"], "<=", 0),
-        "order violations": _target(mine["order_violations"], "<=", 0),
-        "verdicts equal serial's": _target(float(line.verdicts == reference), ">=", 1),
+        "frames in flight within the capacity": at_most(in_flight, CAPACITY),
+        "drops": exactly(figure("drops"), 0),
+        "order violations": exactly(figure("order_violations"), 0),
+        "verdicts equal serial's (1 = equal)": exactly(same, 1),
     }
-    if peers:
-        targets["memwise processes ÷ best peer, frames/s"] = _target(
-            mine["frames_per_s"] / max(peers), ">=", MIN_SPEEDUP_PEER, "x"
-        )
-    return targets
 
 
 def run(quick: bool = False) -> PipelineResult:
@@ -210,6 +217,4 @@ def print_table(result: PipelineResult, console: Console | None = None) -> None:
         f"memory bound: capacity {bound['capacity']:.0f} x {bound['item_mib']} MiB per item "
         f"(frame + one pass's temporaries) = {bound['bound_mib']} MiB"
     )
-    for name, target in result["targets"].items():
-        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
-        console.print(f"{mark} {name}: {target['value']:,} (target {target['target']})")
+    print_targets(result["targets"], console)
