@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from importlib.util import find_spec
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol
 
 import numpy as np
 from rich.console import Console
@@ -45,7 +45,11 @@ from memwise.benchmarks._harness import (
     BenchResult,
     Figures,
     Metric,
+    Target,
+    TargetedResult,
+    at_most,
     print_result,
+    print_targets,
     ratios_against,
     time_call,
 )
@@ -97,17 +101,10 @@ SEED_MAX_GROWTH_MB = 500.0
 Photos = dict[str, np.ndarray]
 
 
-class Target(TypedDict):
-    value: float
-    target: str
-    met: bool
-
-
-class IsolationResult(BenchResult):
-    """Adds ``series``, per mode the private memory (MiB) after every switch, and ``targets``."""
+class IsolationResult(TargetedResult):
+    """Adds ``series``, per mode the private memory (MiB) after every switch."""
 
     series: dict[str, dict[str, list[float]]]
-    targets: dict[str, Target]
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,38 +292,33 @@ def _in_fresh_interpreter(mode: str, sizes: Sizes) -> dict[str, Any]:
 
 
 def _targets(results: dict[str, Figures], soak: bool) -> dict[str, Target]:
-    if SUBJECT not in results:
-        return {}
-    mine = results[SUBJECT]
-    checks = {
-        "sessions: app growth MiB per switch": (
-            mine["parent_growth_mib"],
-            MAX_GROWTH_MIB_PER_SWITCH,
-            " MiB",
+    """Seed 000's targets for ``sessions`` (not met, without a value, when it has no figures);
+    with ``soak`` also the seed's own bar for its plan."""
+    mine = results.get(SUBJECT)
+
+    def figure(key: str) -> float | None:
+        return None if mine is None else mine[key]
+
+    targets = {
+        "sessions: app growth per switch": at_most(
+            figure("parent_growth_mib"), MAX_GROWTH_MIB_PER_SWITCH, "MiB"
         ),
-        "sessions: first preview after a switch, ms": (
-            mine["first_preview_ms"],
-            MAX_FIRST_PREVIEW_MS,
-            " ms",
+        "sessions: first preview after a switch": at_most(
+            figure("first_preview_ms"), MAX_FIRST_PREVIEW_MS, "ms"
         ),
-        "sessions: switch + first preview, ms": (
-            mine["switch_to_preview_ms"],
-            MAX_FIRST_PREVIEW_MS,
-            " ms",
+        "sessions: switch + first preview": at_most(
+            figure("switch_to_preview_ms"), MAX_FIRST_PREVIEW_MS, "ms"
         ),
     }
     if soak:
         # The seed's bar: the application's memory after the run against before it (MB).
-        growth_mb = (mine["parent_last_mib"] - mine["parent_first_mib"]) * MiB / 1e6
-        checks["sessions: app growth over the soak, MB (seed's bar)"] = (
-            growth_mb,
-            SEED_MAX_GROWTH_MB,
-            " MB",
+        growth_mb = None
+        if mine is not None:
+            growth_mb = (mine["parent_last_mib"] - mine["parent_first_mib"]) * MiB / 1e6
+        targets["sessions: app growth over the soak (seed's bar)"] = at_most(
+            growth_mb, SEED_MAX_GROWTH_MB, "MB"
         )
-    return {
-        name: {"value": value, "target": f"<= {limit:g}{unit}", "met": value <= limit}
-        for name, (value, limit, unit) in checks.items()
-    }
+    return targets
 
 
 def run(quick: bool = False, soak: bool = False) -> IsolationResult:
@@ -369,6 +361,4 @@ def print_table(result: IsolationResult, console: Console | None = None) -> None
     )
     print_result(memory_only, MEMORY_METRICS, SUBJECT, console)
     print_result(result, LATENCY_METRICS, SUBJECT, console)
-    for name, target in result["targets"].items():
-        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
-        console.print(f"{mark} {name}: {target['value']:,.2f} (target {target['target']})")
+    print_targets(result["targets"], console)
