@@ -215,21 +215,21 @@ def print_table(result: RecycleResult, console: Console | None = None) -> None:
 
 
 def targets(results: dict[str, Figures], limit: int) -> dict[str, Target]:
-    """The issue's targets, from memwise's figures of this run (none without them)."""
-    if "memwise" not in results:
-        return {}
-    mine = results["memwise"]
-    found = {
+    """The issue's targets, from memwise's figures of this run (unmet, without a value, when
+    memwise or ``memwise-norecycle`` has none: ``skipped`` says why)."""
+    mine = results.get("memwise")
+    unrecycled = results.get("memwise-norecycle")
+    share = None
+    if mine is not None and unrecycled is not None:
+        share = mine["tasks_per_s"] / unrecycled["tasks_per_s"]
+    return {
         "peak worker private memory, MiB (limit + one task)": at_most(
-            mine["peak_worker_mb"], (limit + TASK_BYTES) / MiB, "MiB"
-        )
-    }
-    if "memwise-norecycle" in results:
-        share = mine["tasks_per_s"] / results["memwise-norecycle"]["tasks_per_s"]
-        found["throughput vs no recycling"] = at_least(
+            None if mine is None else mine["peak_worker_mb"], (limit + TASK_BYTES) / MiB, "MiB"
+        ),
+        "throughput vs no recycling": at_least(
             share, 1 - THROUGHPUT_TOLERANCE, "x memwise-norecycle"
-        )
-    return found
+        ),
+    }
 
 
 # --------------------------------------------------------------------------------------------
