@@ -27,14 +27,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 from urllib.parse import urlsplit
 
 import psutil
 from rich.console import Console
 from rich.table import Table
 
-from memwise.benchmarks._harness import best_time
+from memwise.benchmarks._harness import TargetedResult, at_most, best_time, print_targets
 from memwise.benchmarks._tasks import noop
 from memwise.memory import usage, usage_tree
 
@@ -65,19 +64,7 @@ FULL = Sizes(settle_s=3.0, requests=4000, request_s=10.0, fanout_s=10.0, tasks=5
 QUICK = Sizes(settle_s=1.0, requests=400, request_s=3.0, fanout_s=3.0, tasks=1000, rounds=3)
 
 
-class Target(TypedDict):
-    value: float
-    target: str
-    met: bool
-
-
-class ServeResult(TypedDict):
-    benchmark: str
-    results: dict[str, dict[str, float]]
-    targets: dict[str, Target]
-
-
-def run(quick: bool = False) -> ServeResult:
+def run(quick: bool = False) -> TargetedResult:
     sizes = QUICK if quick else FULL
     results: dict[str, dict[str, float]] = {}
     with _memwise_serve("--min-workers", "0", "--workers", "2") as (process, _url):
@@ -92,17 +79,13 @@ def run(quick: bool = False) -> ServeResult:
     return {
         "benchmark": "serve",
         "results": results,
+        "skipped": {},
+        "ratios": {},  # no peer: the server is measured against its own targets
         "targets": {
-            "idle RSS of memwise serve --min-workers 0, MB": {
-                "value": idle_mb,
-                "target": f"<= {IDLE_RSS_TARGET_MB:g} MB",
-                "met": idle_mb <= IDLE_RSS_TARGET_MB,
-            },
-            "subscribed dashboard overhead on task submission, %": {
-                "value": overhead,
-                "target": f"<= {OVERHEAD_TARGET_PERCENT:g} %",
-                "met": overhead <= OVERHEAD_TARGET_PERCENT,
-            },
+            "idle RSS of memwise serve --min-workers 0": at_most(idle_mb, IDLE_RSS_TARGET_MB, "MB"),
+            "subscribed dashboard overhead on task submission": at_most(
+                overhead, OVERHEAD_TARGET_PERCENT, "%"
+            ),
         },
     }
 
@@ -356,7 +339,7 @@ def _dashboard_client(url: str) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-def print_table(result: ServeResult, console: Console | None = None) -> None:
+def print_table(result: TargetedResult, console: Console | None = None) -> None:
     console = console or Console()
     r = result["results"]
     table = Table(title="serve benchmark")
@@ -387,9 +370,7 @@ def print_table(result: ServeResult, console: Console | None = None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    for name, target in result["targets"].items():
-        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
-        console.print(f"{mark} {name}: {target['value']:,.1f} (target {target['target']})")
+    print_targets(result["targets"], console)
 
 
 __all__ = ["print_table", "run"]
