@@ -22,11 +22,10 @@ completes and the killed file re-runs to the same transcript as without the kill
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 from rich.console import Console
 from rich.table import Table
 
+from memwise.benchmarks._harness import TargetedResult, at_least, at_most, exactly, print_targets
 from memwise.demos.speech import audio
 from memwise.demos.speech.accuracy import corpus_error_rate
 from memwise.demos.speech.batch import BatchRun, transcribe_all
@@ -39,19 +38,8 @@ QUICK_FILES = 4
 REPEATS = 2
 
 
-class Target(TypedDict):
-    value: float
-    target: str
-    met: bool
-
-
-class SpeechResult(TypedDict):
-    benchmark: str
-    results: dict[str, dict[str, float]]
-    targets: dict[str, Target]
-
-
-def run(quick: bool = False) -> SpeechResult:
+def run(quick: bool = False) -> TargetedResult:
+    """The runs' figures; ``ratios["1 worker"]`` holds 2 workers' figures over 1 worker's."""
     clips = audio.shipped("digits")[: QUICK_FILES if quick else None]
     runs: dict[str, BatchRun] = {}
     # 1 and 2 workers alternate, best of ``repeats`` each: on a shared machine the load
@@ -84,36 +72,24 @@ def run(quick: bool = False) -> SpeechResult:
     same = victim in killed.transcripts and (
         killed.transcripts[victim].text == two.transcripts[victim].text
     )
-    results["ratios"] = {
-        "throughput_2_over_1": speedup,
-        "private_2_over_1": memory,
-        "workers_private_2_over_1": two.peak_workers_private / one.peak_workers_private,
-        "pss_2_over_1": two.peak_pss / one.peak_pss,
-    }
+    rerun = int(same and killed.killed_pid is not None)
     return {
         "benchmark": "speech",
         "results": results,
+        "skipped": {},
+        "ratios": {
+            "1 worker": {
+                "audio_s_per_s": speedup,
+                "private_mb": memory,
+                "workers_private_mb": two.peak_workers_private / one.peak_workers_private,
+                "pss_mb": two.peak_pss / one.peak_pss,
+            }
+        },
         "targets": {
-            "throughput, 2 workers over 1": {
-                "value": speedup,
-                "target": f">= {SPEEDUP_TARGET}x",
-                "met": speedup >= SPEEDUP_TARGET,
-            },
-            "service private memory, 2 workers over 1": {
-                "value": memory,
-                "target": f"<= {MEMORY_RATIO_TARGET}x",
-                "met": memory <= MEMORY_RATIO_TARGET,
-            },
-            "kill run: other files completed": {
-                "value": float(others_done),
-                "target": "== 1 (all)",
-                "met": others_done,
-            },
-            "kill run: killed file re-ran to the same transcript": {
-                "value": float(same and killed.killed_pid is not None),
-                "target": "== 1 (on_crash='rerun')",
-                "met": same and killed.killed_pid is not None,
-            },
+            "throughput, 2 workers over 1": at_least(speedup, SPEEDUP_TARGET, "x"),
+            "service private memory, 2 workers over 1": at_most(memory, MEMORY_RATIO_TARGET, "x"),
+            "kill run: other files completed (1 = all)": exactly(int(others_done), 1),
+            "kill run: killed file re-ran to the same transcript (1 = yes)": exactly(rerun, 1),
         },
     }
 
@@ -136,7 +112,7 @@ def _figures(run: BatchRun, clips: list[audio.Clip]) -> dict[str, float]:
     }
 
 
-def print_table(result: SpeechResult, console: Console | None = None) -> None:
+def print_table(result: TargetedResult, console: Console | None = None) -> None:
     console = console or Console()
     columns = (
         ("seconds", "wall s", ".1f"),
@@ -154,16 +130,13 @@ def print_table(result: SpeechResult, console: Console | None = None) -> None:
     for _, header, _ in columns:
         table.add_column(header, justify="right")
     for name, figures in result["results"].items():
-        if name != "ratios":
-            table.add_row(name, *(format(figures[key], fmt) for key, _, fmt in columns))
+        table.add_row(name, *(format(figures[key], fmt) for key, _, fmt in columns))
     console.print(table)
-    ratios = result["results"]["ratios"]
+    ratios = result["ratios"]["1 worker"]
     console.print(
         "2 workers over 1: " + ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items())
     )
-    for name, target in result["targets"].items():
-        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
-        console.print(f"{mark} {name}: {target['value']:.2f} (target {target['target']})")
+    print_targets(result["targets"], console)
 
 
 __all__ = ["print_table", "run"]
