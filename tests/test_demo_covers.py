@@ -70,3 +70,13 @@ def test_the_idle_service_process_has_imported_nothing_heavy():
         measure.wait_ready(service)
         health = service.health()
     assert health == {"status": "ok", "workers": 0, "loaded": []}
+
+
+def test_the_dashboard_can_be_mounted():
+    app = create_app(lambda: make_pool(budget="8 GiB"), dashboard=True)
+    # The dashboard accepts loopback host names only (no token given).
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/memwise/healthz").status_code == 200
+        snapshot = client.get("/memwise/api/snapshot")
+        assert snapshot.status_code == 200 and isinstance(snapshot.json(), dict)
+        assert client.get("/healthz").json()["workers"] == 0

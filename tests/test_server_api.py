@@ -238,3 +238,16 @@ def test_resizing_needs_the_token_even_on_loopback_and_checks_its_body():
             )
             assert (status, body) == (200, {"workers": 2})
             assert get_json(url, "/api/snapshot", headers=auth)[1]["max_workers"] == 2
+
+
+def test_the_console_view_draws_an_in_process_pool(shared_pool):
+    from rich.console import Console
+
+    from memwise.observe.console import top
+
+    console = Console(record=True, width=160)
+    top(shared_pool, frames=1, console=console, title="pool under test")
+    text = console.export_text()
+    assert "pool under test" in text and "running" in text
+    for worker in shared_pool.snapshot().workers:
+        assert str(worker.pid) in text

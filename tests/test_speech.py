@@ -254,7 +254,7 @@ def test_client_disconnect_mid_file_leaves_nothing_queued(service, url, fresh):
     assert service.pool.snapshot().done - done_before < segments  # the rest never ran
 
 
-def test_microphone_audio_overtakes_queued_batch_files(fresh):
+def test_microphone_audio_overtakes_queued_batch_files_and_shutdown_drains(fresh):
     with SpeechService(ServiceConfig(workers=1)) as one:
         batch = []
         for i in range(3):
@@ -272,6 +272,13 @@ def test_microphone_audio_overtakes_queued_batch_files(fresh):
         list(mic.results(WAIT))
         for job in batch:
             list(job.results(WAIT))
+        # Graceful shutdown with a deadline: a file still in progress at the deadline is cut.
+        left = one.open("left")
+        left.feed(fresh[1].pcm)
+        left.finish()
+        assert one.close(deadline=0.0) == ["left"]
+        with pytest.raises(TranscriptionFailed, match="shutting down"):
+            one.open("late")
     # Submitted last, finished before the batch files' last segments (a worker may already
     # hold a segment or two sent ahead, so "before the last" is the bound).
     assert done["mic"] < done["batch-1"] and done["mic"] < done["batch-2"]

@@ -20,6 +20,12 @@ app.add_typer(bench_app, name="bench")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
 QuickOption = Annotated[bool, typer.Option("--quick", help="Smaller sizes, for a smoke run.")]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend", help="local, or ray: memwise-on-Ray against plain Ray on a local cluster."
+    ),
+]
 
 
 @app.command()
@@ -144,11 +150,11 @@ def top(
     watch(source, interval=interval, title=url)
 
 
-def _run_benchmark(module: str, as_json: bool, **options: object) -> None:
+def _run_benchmark(module: str, as_json: bool, entry: str = "run", **options: object) -> None:
     import importlib
 
     bench = importlib.import_module(f"memwise.benchmarks.{module}")
-    result = bench.run(**options)
+    result = getattr(bench, entry)(**options)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -162,9 +168,13 @@ def overhead(
     systems: Annotated[
         list[str] | None, typer.Option("--system", help="Only these systems (repeatable).")
     ] = None,
+    backend: BackendOption = "local",
 ) -> None:
     """Per-task overhead: submit throughput, round trip, map, CPU scaling vs peers."""
-    _run_benchmark("overhead", as_json, quick=quick, systems=systems)
+    if _ray_backend(backend):
+        _run_benchmark("on_ray", as_json, "run_overhead", quick=quick)
+    else:
+        _run_benchmark("overhead", as_json, quick=quick, systems=systems)
 
 
 @bench_app.command()
@@ -174,9 +184,20 @@ def recycle(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 
 
 @bench_app.command()
-def transfer(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+def transfer(
+    as_json: JsonOption = False, quick: QuickOption = False, backend: BackendOption = "local"
+) -> None:
     """Round trip of large arrays (48 MB, 2000x2000x3) through workers vs peers and Ray."""
-    _run_benchmark("transfer", as_json, quick=quick)
+    if _ray_backend(backend):
+        _run_benchmark("on_ray", as_json, "run_transfer", quick=quick)
+    else:
+        _run_benchmark("transfer", as_json, quick=quick)
+
+
+def _ray_backend(backend: str) -> bool:
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter("choose local or ray", param_hint="--backend")
+    return backend == "ray"
 
 
 @bench_app.command()

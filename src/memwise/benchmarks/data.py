@@ -21,6 +21,10 @@ and ``peak_private_mb`` are the most the processing process and all its children
 sample (every 50 ms), as PSS (shared pages divided among sharers) and private memory: summed
 RSS would count shared libraries and slots once per process. Every system's peaks and peak
 basics are checked equal to memwise's.
+
+Targets compare best settings: memwise's fastest cold setting against strax's fastest (at
+least 1.5x), memwise's best reload against strax's best, and the peak PSS of memwise's
+fastest setting against strax's lowest (at most 1x).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Sizes:
 
 FULL = Sizes(chunks=24, records_per_chunk=20_000)  # about 115 MB of raw records
 QUICK = Sizes(chunks=8, records_per_chunk=20_000)  # about 38 MB
-WARM = Sizes(chunks=1, records_per_chunk=2_000)
+WARM = Sizes(chunks=2, records_per_chunk=2_000)  # a chunk for each worker
 
 
 class DataResult(BenchResult):
@@ -109,22 +113,25 @@ def run(quick: bool = False) -> DataResult:
 
 
 def _targets(results: dict[str, Figures], digests: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Best setting against best setting: memwise's fastest cold setting against strax's
+    fastest, and that same memwise setting's peak PSS against strax's lowest."""
     strax = {n: f for n, f in results.items() if n.startswith("strax")}
-    if SUBJECT not in results or not strax:
+    mine = {n: f for n, f in results.items() if n.startswith("memwise")}
+    if not mine or not strax:
         return {}
-    mine = results[SUBJECT]
-    best_cold = max(f["cold_mb_s"] for f in strax.values())
-    best_reload = max(f["reload_mb_s"] for f in strax.values())
-    least_pss = min(f["peak_pss_mb"] for f in strax.values())
-    cold = mine["cold_mb_s"] / best_cold
-    reload = mine["reload_mb_s"] / best_reload
-    memory = mine["peak_pss_mb"] / least_pss
-    same = all(digests[n] == digests[SUBJECT] for n in results)
+    best = max(mine, key=lambda n: mine[n]["cold_mb_s"])
+    cold = mine[best]["cold_mb_s"] / max(f["cold_mb_s"] for f in strax.values())
+    reload = max(f["reload_mb_s"] for f in mine.values()) / max(
+        f["reload_mb_s"] for f in strax.values()
+    )
+    memory = mine[best]["peak_pss_mb"] / min(f["peak_pss_mb"] for f in strax.values())
+    same = len({digests[n] for n in results}) == 1
     return {
         "cold MB/s vs strax's best setting": {
             "value": round(cold, 3),
             "target": f">= {TARGET_COLD}x",
             "met": cold >= TARGET_COLD,
+            "memwise_setting": best,
         },
         "reload MB/s vs strax's best setting": {
             "value": round(reload, 3),
@@ -135,6 +142,7 @@ def _targets(results: dict[str, Figures], digests: dict[str, str]) -> dict[str, 
             "value": round(memory, 3),
             "target": "<= 1x",
             "met": memory <= 1.0,
+            "memwise_setting": best,
         },
         "same peaks as strax": {"value": same, "target": "identical", "met": same},
     }
@@ -350,6 +358,8 @@ def print_table(result: DataResult, console: Console | None = None) -> None:
     for what, target in result["targets"].items():
         value = target["value"]
         shown = f"{value:.2f}x" if isinstance(value, float) else str(value)
+        if "memwise_setting" in target:
+            what = f"{what} ({target['memwise_setting']})"
         mark = "[green]yes[/]" if target["met"] else "[red]no[/]"
         table.add_row(what, shown, target["target"], mark)
     console.print(table)

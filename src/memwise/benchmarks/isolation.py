@@ -39,7 +39,7 @@ from typing import Any, Protocol, TypedDict
 import numpy as np
 from rich.console import Console
 
-from memwise.actors import Actor, Sessions, spawn
+from memwise.actors import Actor, spawn
 from memwise.benchmarks._grading import SAMPLES, Grader, load_samples, params_for
 from memwise.benchmarks._harness import (
     BenchResult,
@@ -50,6 +50,7 @@ from memwise.benchmarks._harness import (
     time_call,
 )
 from memwise.memory import private_memory
+from memwise.sessions import Sessions
 
 __all__ = ["LATENCY_METRICS", "MEMORY_METRICS", "print_table", "run"]
 

@@ -26,6 +26,7 @@ SCENARIOS: dict[str, str] = {
     "covers": "memwise.demos.covers",
     "vision": "memwise.demos.vision",
     "waveforms": "memwise.demos.waveforms",
+    "speech": "memwise.demos.speech",
 }
 
 

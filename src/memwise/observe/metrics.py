@@ -23,10 +23,52 @@ from prometheus_client.core import (
 from memwise.observe.stages import PipelineLike, stage_rows
 
 if TYPE_CHECKING:
-    from memwise.pool.snapshot import PoolSnapshot
+    from memwise.pool.snapshot import PoolSnapshot, WorkerSnapshot
 
 WORKER_STATES = ("starting", "idle", "busy", "stopping", "stopped")
 POOL_STATES = ("running", "broken", "closing", "shut down")
+
+
+LANE_METRICS: tuple[
+    tuple[
+        type[GaugeMetricFamily | CounterMetricFamily],
+        str,
+        str,
+        Callable[[WorkerSnapshot], float | None],
+    ],
+    ...,
+] = (
+    (
+        GaugeMetricFamily,
+        "memwise_worker_private_bytes",
+        "Private memory of the worker in a lane",
+        lambda w: w.private,
+    ),
+    (
+        GaugeMetricFamily,
+        "memwise_worker_pss_bytes",
+        "Proportional set size of the worker in a lane",
+        lambda w: w.pss,
+    ),
+    (
+        GaugeMetricFamily,
+        "memwise_worker_cpu_ratio",
+        "CPU use of the worker in a lane (1.0 = one core)",
+        lambda w: None if w.cpu_percent is None else w.cpu_percent / 100.0,
+    ),
+    (
+        CounterMetricFamily,
+        "memwise_worker_tasks",
+        "Tasks done by the current process of a lane",
+        lambda w: w.tasks_done,
+    ),
+    (
+        GaugeMetricFamily,
+        "memwise_queue_depth",
+        "Tasks waiting for a lane (pinned there by their key)",
+        lambda w: w.queued,
+    ),
+)
 
 
 class PoolCollector:
@@ -104,36 +146,16 @@ def pool_metrics(snap: PoolSnapshot) -> Iterator[Metric]:
     yield _gauge("memwise_workers_max", "Worker lanes the pool may use", snap.max_workers)
     yield _gauge("memwise_workers_min", "Workers kept alive when idle", snap.min_workers)
 
-    private = GaugeMetricFamily(
-        "memwise_worker_private_bytes", "Private memory of the worker in a lane", labels=["lane"]
-    )
-    pss = GaugeMetricFamily(
-        "memwise_worker_pss_bytes", "Proportional set size of the worker in a lane", labels=["lane"]
-    )
-    cpu = GaugeMetricFamily(
-        "memwise_worker_cpu_ratio",
-        "CPU use of the worker in a lane (1.0 = one core)",
-        labels=["lane"],
-    )
-    done = CounterMetricFamily(
-        "memwise_worker_tasks", "Tasks done by the current process of a lane", labels=["lane"]
-    )
-    queue = GaugeMetricFamily(
-        "memwise_queue_depth",
-        "Tasks waiting for a lane (pinned there by their key)",
-        labels=["lane"],
-    )
-    for worker in snap.workers:
-        lane = [str(worker.lane)]
-        if worker.private is not None:
-            private.add_metric(lane, worker.private)
-        if worker.pss is not None:
-            pss.add_metric(lane, worker.pss)
-        if worker.cpu_percent is not None:
-            cpu.add_metric(lane, worker.cpu_percent / 100.0)
-        done.add_metric(lane, worker.tasks_done)
-        queue.add_metric(lane, worker.queued)
-    yield from (private, pss, cpu, done, queue)
+    # Warm spares (lane -1) hold no lane yet: they are counted in memwise_workers only, so
+    # that no two samples of a family share a label set.
+    lanes = [worker for worker in snap.workers if worker.lane >= 0]
+    for family_type, name, documentation, read in LANE_METRICS:
+        family = family_type(name, documentation, labels=["lane"])
+        for worker in lanes:
+            figure = read(worker)
+            if figure is not None:
+                family.add_metric([str(worker.lane)], figure)
+        yield family
 
     restarts = CounterMetricFamily(
         "memwise_worker_restarts",

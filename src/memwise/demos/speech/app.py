@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from memwise.demos.speech.audio import CHANNELS, SAMPLE_RATE, read_wav
 from memwise.demos.speech.segments import SegmentResult, owned_words
@@ -212,7 +212,11 @@ class _Connection:
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
-            await self.websocket.send_text(json.dumps(message))
+            try:
+                await self.websocket.send_text(json.dumps(message))
+            except (WebSocketDisconnect, RuntimeError):
+                # The client is gone; the receive loop sees it next and cancels its work.
+                pass
 
     async def _control(self, message: dict[str, Any]) -> None:
         kind, task_id = message.get("type"), message.get("task")

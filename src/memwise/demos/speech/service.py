@@ -175,7 +175,7 @@ class FileJob:
     def _submit(self, segments: list[Segment]) -> None:
         for segment in segments:
             future = self._submitter.submit(recognizer.recognize, segment, self.mode)
-            self._service.load(self.lane, segment.seconds, future)
+            self._service.load(self.lane, len(segment.pcm), future)
             self.futures.append(future)
         if segments:
             self._notify()
@@ -224,7 +224,7 @@ class SpeechService:
         self.started_in = 0.0
         self._jobs: dict[str, FileJob] = {}
         self._lock = threading.RLock()  # open() assigns a lane while holding it
-        self._load: dict[int, float] = {}  # seconds of audio queued or running, per lane
+        self._load: dict[int, int] = {}  # bytes of audio queued or running, per lane (exact)
         self.closing = False
         started = time.perf_counter()
         ready_dir = tempfile.mkdtemp(prefix="memwise-speech-")
@@ -306,21 +306,21 @@ class SpeechService:
         with self._lock:
             files = Counter(job.lane for job in self._jobs.values())
             # Files still streaming have little audio queued yet: their count breaks ties.
-            lane = min(range(lanes), key=lambda n: (self._load.get(n, 0.0), files[n], n))
+            lane = min(range(lanes), key=lambda n: (self._load.get(n, 0), files[n], n))
         for n in range(64 * lanes):  # each try lands on the lane with probability 1/lanes
             key = f"{task_id}#{n}"
             if lane_for(key, lanes) == lane:
                 return key, lane
         return task_id, lane_for(task_id, lanes)
 
-    def load(self, lane: int, seconds: float, future: Future[SegmentResult]) -> None:
-        """Count ``seconds`` of audio on ``lane`` until ``future`` is done."""
+    def load(self, lane: int, size: int, future: Future[SegmentResult]) -> None:
+        """Count ``size`` bytes of audio on ``lane`` until ``future`` is done."""
         with self._lock:
-            self._load[lane] = self._load.get(lane, 0.0) + seconds
+            self._load[lane] = self._load.get(lane, 0) + size
 
         def unload(_: Future[SegmentResult]) -> None:
             with self._lock:
-                self._load[lane] -= seconds
+                self._load[lane] -= size
 
         future.add_done_callback(unload)
 
