@@ -56,6 +56,15 @@ def test_is_an_executor_and_submit_returns_a_future(pool):
     assert future.done() and not future.cancelled() and future.exception() is None
 
 
+def test_submit_passes_every_keyword_to_the_function(pool):
+    # Including the names of memwise's own per-task options, which go through options().
+    names = {"key": 1, "timeout": 2, "priority": 3, "coalesce": 4, "memory": 5}
+    assert pool.submit(_tasks.keywords, **names).result(WAIT) == names
+    assert pool.options(timeout=WAIT).submit(_tasks.keywords, timeout=5).result(WAIT) == {
+        "timeout": 5
+    }
+
+
 def test_done_callbacks_run_once_with_the_future(pool):
     seen: list[Future] = []
     future = pool.submit(_tasks.square, 4)
