@@ -48,6 +48,12 @@ class Ticks(Plugin):
         chunk_delay: float = untracked(0.0)
         stall_at: int = untracked(-1)  # chunk index at which to note "stalled" and sleep
 
+    def setup(self) -> None:
+        note(self.config.log, f"setup {os.getpid()}")
+
+    def teardown(self) -> None:
+        note(self.config.log, f"teardown {os.getpid()}")
+
     def chunk_ranges(self, run_id: str) -> list[tuple[int, int]]:
         return [(i * SPAN, (i + 1) * SPAN) for i in range(self.config.chunks)]
 

@@ -126,3 +126,13 @@ def fail_item(bad: int, directory: Any, i: int) -> int:
     if i == bad:
         raise ValueError(f"item {i} is bad")
     return i
+
+
+def first_slow_others_wait(release: Any, directory: Any, i: int) -> int:
+    """``touch_item``: item 0 after 50 ms (long enough that nothing is pipelined), the others
+    once ``release`` exists."""
+    if i == 0:
+        time.sleep(0.05)
+    else:
+        wait_for(release)
+    return touch_item(directory, i)

@@ -329,3 +329,28 @@ def make_bytes(n: int) -> bytes:
 
 def keywords(**kwargs):
     return kwargs
+
+
+_trims = 0
+
+
+def count_trims() -> None:
+    """Initializer: count the calls of ``memwise.memory.trim`` in this worker."""
+    import memwise.memory
+
+    real = memwise.memory.trim
+
+    def counting() -> int | None:
+        global _trims
+        _trims += 1
+        return real()
+
+    memwise.memory.trim = counting  # type: ignore[assignment]
+
+
+def trims_so_far(*_args: Any) -> int:
+    return _trims
+
+
+def parent_pid(*_args: Any) -> int:
+    return os.getppid()

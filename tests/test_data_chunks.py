@@ -29,7 +29,7 @@ sorted_arrays = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(sorted_arrays)
 def test_merge_sorted_equals_a_stable_sort(arrays: list[np.ndarray]) -> None:
     for i, a in enumerate(arrays):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -168,6 +169,18 @@ def test_wrong_output_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:
         ctx.get_array("r", "sums")
     assert not ctx.is_stored("r", "sums") and not ctx.is_stored("r", "ticks")
     assert not list((tmp_path / ".staging").iterdir())
+
+
+def test_setup_and_teardown_once_in_each_process(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    config = {"log": str(log), "chunks": 6}
+    with Context(tmp_path / "store", plugins=[Ticks], workers=2, config=config) as ctx:
+        ctx.get_array("r", "ticks")  # chunk_ranges in this process, chunks in the workers
+    notes = log.read_text().split("\n")
+    workers = {line.split()[2] for line in notes if line.startswith("ticks")}
+    setups = sorted(line.split()[1] for line in notes if line.startswith("setup"))
+    teardowns = sorted(line.split()[1] for line in notes if line.startswith("teardown"))
+    assert setups == teardowns == sorted({*workers, str(os.getpid())})
 
 
 class Recursive(Sums):

@@ -93,3 +93,10 @@ def test_key_lock_is_exclusive(storage: Storage) -> None:
 def test_missing_key(storage: Storage) -> None:
     with pytest.raises(DataNotFound):
         list(storage.load(KEY))
+
+
+def test_load_array_is_the_whole_product(storage: Storage) -> None:
+    storage.save(KEY, chunks(), META)
+    whole = storage.load_array(KEY)
+    np.testing.assert_array_equal(whole, np.concatenate([c.data for c in chunks()]))
+    assert not whole.flags.writeable

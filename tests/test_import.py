@@ -71,13 +71,13 @@ def test_star_import_binds_every_export():
 
 
 def test_every_export_resolves_to_the_object_of_its_module():
-    from memwise import actors, budget, errors
+    from memwise import actors, budget, errors, sessions
     from memwise.pool import api
 
     assert memwise.WorkerPool is api.WorkerPool
     assert memwise.MemoryBudget is budget.MemoryBudget
     assert memwise.spawn is actors.spawn
-    assert memwise.Sessions is actors.Sessions
+    assert memwise.Sessions is sessions.Sessions
     assert memwise.BrokenPool is errors.BrokenPool
     for name in memwise.__all__:
         assert getattr(memwise, name) is not None

@@ -142,6 +142,7 @@ def test_drop_policies_count_every_drop(policy: str, expected: list[int]) -> Non
         snapshot = line.snapshot()
     assert admitted == ([True] + [False] * 8 if policy == "newest" else [True] * 9)
     assert snapshot.drops == 8 and snapshot.stages[0].drops == 8
+    assert snapshot.peak_in_flight <= 2 and snapshot.in_flight == 0
     assert sorted(released) == list(range(10))  # dropped and finished items all given back
 
 

@@ -116,6 +116,23 @@ def test_imap_error_is_raised_at_its_position_and_the_rest_is_cancelled(tmp_path
     assert max(executed) < source.pulled  # nothing past what was pulled ran
 
 
+def test_leaving_imap_early_cancels_what_has_not_started(tmp_path):
+    release = tmp_path / "release"
+    fn = functools.partial(_policy_tasks.first_slow_others_wait, release, str(tmp_path))
+    source = Counted(range(50))
+    with WorkerPool(2) as pool:
+        results = pool.imap(fn, source, prefetch=6)
+        assert next(results) == 0  # items 1 and 2 now run (blocked), 3 to 5 wait in the queue
+        results.close()  # what a ``break`` out of the loop does
+        _tasks.write_atomic(release, "")
+        assert wait_until(lambda: idle(pool.snapshot()))
+        snapshot = pool.snapshot()
+    executed = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
+    assert source.pulled == 6
+    assert executed == [0, 1, 2]
+    assert (snapshot.done, snapshot.cancelled) == (3, 3)
+
+
 def test_imap_with_key_keeps_each_key_on_its_lane_in_order():
     items = [(f"k{i % 10}", i) for i in range(200)]
     with WorkerPool(2) as pool:

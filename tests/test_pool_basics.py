@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 import threading
 from concurrent.futures import Executor, Future
 
@@ -344,3 +345,19 @@ def test_options_are_a_separate_path(shared_pool):
     assert bound.submit(_tasks.keywords, timeout=1).result(WAIT) == {"timeout": 1}
     with pytest.raises(ValueError, match="timeout"):
         shared_pool.options(timeout=0)
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_trim_runs_after_every_task_only_when_asked(trim):
+    with WorkerPool(1, trim=trim, initializer=_tasks.count_trims) as pool:
+        counts = [pool.submit(_tasks.trims_so_far).result(WAIT) for _ in range(3)]
+    # The count a task sees is that of the tasks before it: trim runs between tasks.
+    assert counts == ([0, 1, 2] if trim else [0, 0, 0])
+
+
+def test_start_method_fork_forks_workers_from_this_process():
+    with WorkerPool(1, start_method="fork") as pool:
+        assert pool.submit(_tasks.parent_pid).result(WAIT) == os.getpid()
+        assert pool.submit(_tasks.square, 7).result(WAIT) == 49
+    with WorkerPool(1) as pool:  # the default on Linux: a forkserver is their parent
+        assert pool.submit(_tasks.parent_pid).result(WAIT) != os.getpid()

@@ -22,7 +22,7 @@ _EXPORTS = {
     "MemoryBudget": "memwise.budget",
     "MemoryBudgetExceeded": "memwise.errors",
     "Actor": "memwise.actors",
-    "Sessions": "memwise.actors",
+    "Sessions": "memwise.sessions",
     "spawn": "memwise.actors",
     "BrokenPool": "memwise.errors",
     "ClosedError": "memwise.errors",
@@ -59,7 +59,7 @@ __all__ = [
 if TYPE_CHECKING:
     from typing import Any
 
-    from memwise.actors import Actor, Sessions, spawn
+    from memwise.actors import Actor, spawn
     from memwise.budget import MemoryBudget
     from memwise.buffers import BufferPool
     from memwise.errors import (
@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from memwise.pipeline.api import Pipeline
     from memwise.pool.api import WorkerPool
     from memwise.pool.policies import Recycle
+    from memwise.sessions import Sessions
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Actors: one object living in its own process; Sessions: a few warm actors by key.
+"""Actors: one object living in its own process (see :mod:`memwise.sessions` for a few by key).
 
 An interactive application (a colour-grading preview, a recognizer per audio file) wants a
 stateful object per document whose memory goes back to the OS when the document is closed.
@@ -22,20 +22,18 @@ import sys
 import threading
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from memwise._actor_thread import Spec
 from memwise._actor_thread import ThreadBackend as _ThreadBackend
 from memwise._actor_thread import qualname as _name
 from memwise.errors import BrokenPool, ClosedError, SerializationError, WorkerInitError
 
-__all__ = ["ENV_VAR", "Actor", "ActorCaller", "Sessions", "spawn"]
+__all__ = ["ENV_VAR", "Actor", "ActorCaller", "resolve_isolation", "spawn"]
 
 Isolation = Literal["auto", "always", "never"]
-K = TypeVar("K", bound=Hashable)
 ENV_VAR = "MEMWISE_ISOLATION"
 # The actor's own default per-call timeout (as opposed to None: no limit).
 _INHERIT: Any = object()
@@ -153,8 +151,9 @@ class Actor:
     @property
     def idle_for(self) -> float:
         """Seconds since the last call finished; 0.0 while a call is queued or running."""
-        with self._lock:
-            return 0.0 if self._pending else time.monotonic() - self._last_active
+        # Without the lock, which a starting process holds for seconds: two plain reads.
+        pending, last_active = self._pending, self._last_active
+        return 0.0 if pending else time.monotonic() - last_active
 
     def options(self, *, timeout: float | None = _INHERIT) -> ActorCaller:
         """This actor with call options bound: ``actor.options(timeout=2).call("f", x)``.
@@ -190,19 +189,22 @@ class Actor:
         latest: bool,
         timeout: float | None,
     ) -> Future[Any]:
+        # Busy from here on, so that Sessions' idle reaper leaves an actor whose process is
+        # still starting for this call alone.
+        with self._lock:
+            self._pending += 1
+            self._last_active = time.monotonic()
         try:
-            backend = self._started()
+            future = self._started().call(name, args, kwargs, latest, timeout)
         except (WorkerInitError, BrokenPool, SerializationError) as exc:
             # The constructor failed, its arguments cannot travel, or the process crashed
             # more than `restarts` times: every call fails with that, on its future.
-            failed: Future[Any] = Future()
-            failed.set_exception(exc)
-            return failed
-        self.touch()
-        with self._lock:
-            self._pending += 1
-        future = backend.call(name, args, kwargs, latest, timeout)
-        future.add_done_callback(self._finished)
+            future = Future()
+            future.set_exception(exc)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)  # at once if it is already done
         return future
 
     def touch(self) -> None:
@@ -210,7 +212,7 @@ class Actor:
         with self._lock:
             self._last_active = time.monotonic()
 
-    def _finished(self, _future: Future[Any]) -> None:
+    def _finished(self, _future: Future[Any] | None) -> None:
         with self._lock:
             self._pending -= 1
             self._last_active = time.monotonic()
@@ -364,95 +366,3 @@ def spawn(
         start_method=start_method,
         init_timeout=init_timeout,
     )
-
-
-class Sessions(Generic[K]):
-    """One actor per key (an image, a file), the ``keep`` most recently used kept warm.
-
-    ``sessions[key]`` returns the key's actor, creating it with ``factory(key)``; creating one
-    beyond ``keep`` closes the least recently used (in the background: its process ends after
-    its current call), so about ``keep`` processes hold memory. With ``idle``, an actor
-    unused for that many seconds is closed too, so an application that stops using its
-    sessions gives their memory back.
-    """
-
-    def __init__(
-        self, factory: Callable[[K], Actor], keep: int = 2, idle: float | None = None
-    ) -> None:
-        if keep < 1:
-            raise ValueError(f"keep must be at least 1, got {keep}")
-        if idle is not None and idle <= 0:
-            raise ValueError(f"idle must be a positive number of seconds or None, got {idle}")
-        self._factory = factory
-        self.keep = keep
-        self.idle = idle
-        self._actors: OrderedDict[K, Actor] = OrderedDict()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._reaper: threading.Thread | None = None
-
-    def __getitem__(self, key: K) -> Actor:
-        with self._lock:
-            actor = self._actors.get(key)
-            if actor is not None:
-                self._actors.move_to_end(key)
-                actor.touch()
-                return actor
-            actor = self._factory(key)
-            self._actors[key] = actor
-            evicted = []
-            while len(self._actors) > self.keep:
-                evicted.append(self._actors.popitem(last=False)[1])
-            if self.idle is not None and self._reaper is None:
-                self._stop.clear()
-                self._reaper = threading.Thread(
-                    target=self._reap, args=(self.idle,), name="memwise-sessions", daemon=True
-                )
-                self._reaper.start()
-        for old in evicted:
-            # Without waiting: switching to a new key must not wait for the old key's call.
-            old.close(wait=False)
-        return actor
-
-    def _reap(self, idle: float) -> None:
-        """Close actors unused for ``idle`` seconds, until the sessions are closed."""
-        while not self._stop.wait(min(max(idle / 4, 0.05), 1.0)):
-            with self._lock:
-                expired = [key for key, actor in self._actors.items() if actor.idle_for >= idle]
-                actors = [self._actors.pop(key) for key in expired]
-            for actor in actors:
-                actor.close(wait=False)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._actors
-
-    def __len__(self) -> int:
-        return len(self._actors)
-
-    def keys(self) -> list[K]:
-        """Warm keys, least recently used first."""
-        with self._lock:
-            return list(self._actors)
-
-    def close(self, key: K | None = None) -> None:
-        """Close one session, or all of them."""
-        with self._lock:
-            if key is None:
-                actors = list(self._actors.values())
-                self._actors.clear()
-                reaper, self._reaper = self._reaper, None
-                self._stop.set()
-            else:
-                popped = self._actors.pop(key, None)
-                actors = [] if popped is None else [popped]
-                reaper = None
-        if reaper is not None:
-            reaper.join()
-        for actor in actors:
-            actor.close()
-
-    def __enter__(self) -> Sessions[K]:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -1,4 +1,4 @@
-"""The ``memwise`` command: ``demo`` and ``bench``."""
+"""The ``memwise`` command: ``demo``, ``bench``, ``serve`` and ``top``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,12 @@ app.add_typer(bench_app, name="bench")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead.")]
 QuickOption = Annotated[bool, typer.Option("--quick", help="Smaller sizes, for a smoke run.")]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend", help="local, or ray: memwise-on-Ray against plain Ray on a local cluster."
+    ),
+]
 
 
 @app.command()
@@ -53,11 +59,102 @@ def demo(
         raise typer.Exit(1)
 
 
-def _run_benchmark(module: str, as_json: bool, **options: object) -> None:
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; not loopback needs a token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8000,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: CPUs).")] = None,
+    min_workers: Annotated[
+        int | None, typer.Option(help="Workers kept alive when idle (default: all).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MEMWISE_TOKEN", help="Every request must present it."),
+    ] = None,
+    recycle_tasks: Annotated[
+        int | None, typer.Option(help="Replace a worker after this many tasks.")
+    ] = None,
+    recycle_memory: Annotated[
+        str | None, typer.Option(help="Replace a worker whose private memory exceeds this.")
+    ] = None,
+    idle: Annotated[
+        float | None, typer.Option(help="Stop (or replace) workers idle this many seconds.")
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="Memory budget of the pool, e.g. '4 GiB'.")
+    ] = None,
+) -> None:
+    """Run a pool with its dashboard, JSON API and Prometheus metrics until Ctrl+C/SIGTERM."""
+    import os
+    import sys
+
+    from memwise import MemoryBudget, Recycle
+    from memwise.errors import ServerConfigError
+    from memwise.server.run import TOKEN_ENV, resolve_token
+
+    try:
+        token = resolve_token(host, token)
+        Recycle(tasks=recycle_tasks, memory=recycle_memory, idle=idle)
+        if budget:
+            MemoryBudget(budget)
+        if workers is not None and workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {workers}")
+        if min_workers is not None and not 0 <= min_workers <= (workers or min_workers):
+            raise ValueError(f"--min-workers must be between 0 and --workers, got {min_workers}")
+    except (ServerConfigError, ValueError) as exc:
+        typer.echo(f"memwise serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    config = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "min_workers": min_workers,
+        "recycle": {"tasks": recycle_tasks, "memory": recycle_memory, "idle": idle},
+        "budget": budget,
+    }
+    env = dict(os.environ)
+    if token:
+        env[TOKEN_ENV] = token
+    # The server runs for hours: it becomes a lean process without the CLI's libraries.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "memwise.server", json.dumps(config)], env)
+
+
+@app.command()
+def top(
+    url: Annotated[
+        str, typer.Argument(help="A memwise server (memwise serve, or an app with create_app).")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="MEMWISE_TOKEN")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """Watch a running memwise server's pool in the terminal, refreshed in place."""
+    from memwise.observe.console import remote, watch
+
+    source = remote(url, token)
+    if once:
+        from rich.console import Console
+
+        from memwise.observe.console import render
+
+        try:
+            Console().print(render(source(), title=url))
+        except OSError as exc:
+            typer.echo(f"memwise top: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
+    watch(source, interval=interval, title=url)
+
+
+def _run_benchmark(module: str, as_json: bool, entry: str = "run", **options: object) -> None:
     import importlib
 
     bench = importlib.import_module(f"memwise.benchmarks.{module}")
-    result = bench.run(**options)
+    result = getattr(bench, entry)(**options)
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -71,9 +168,13 @@ def overhead(
     systems: Annotated[
         list[str] | None, typer.Option("--system", help="Only these systems (repeatable).")
     ] = None,
+    backend: BackendOption = "local",
 ) -> None:
     """Per-task overhead: submit throughput, round trip, map, CPU scaling vs peers."""
-    _run_benchmark("overhead", as_json, quick=quick, systems=systems)
+    if _ray_backend(backend):
+        _run_benchmark("on_ray", as_json, "run_overhead", quick=quick)
+    else:
+        _run_benchmark("overhead", as_json, quick=quick, systems=systems)
 
 
 @bench_app.command()
@@ -83,9 +184,20 @@ def recycle(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 
 
 @bench_app.command()
-def transfer(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+def transfer(
+    as_json: JsonOption = False, quick: QuickOption = False, backend: BackendOption = "local"
+) -> None:
     """Round trip of large arrays (48 MB, 2000x2000x3) through workers vs peers and Ray."""
-    _run_benchmark("transfer", as_json, quick=quick)
+    if _ray_backend(backend):
+        _run_benchmark("on_ray", as_json, "run_transfer", quick=quick)
+    else:
+        _run_benchmark("transfer", as_json, quick=quick)
+
+
+def _ray_backend(backend: str) -> bool:
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter("choose local or ray", param_hint="--backend")
+    return backend == "ray"
 
 
 @bench_app.command()
@@ -107,12 +219,42 @@ def import_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
 
 
 @bench_app.command()
-def isolation(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+def isolation(
+    as_json: JsonOption = False,
+    quick: QuickOption = False,
+    soak: Annotated[
+        bool, typer.Option("--soak", help="The seed's plan: 100 switches over 3 images.")
+    ] = False,
+) -> None:
     """Seed 000: memory per image switch and first-preview latency, threads vs actors."""
-    _run_benchmark("isolation", as_json, quick=quick)
+    _run_benchmark("isolation", as_json, quick=quick, soak=soak)
+
+
+@bench_app.command("serve")
+def serve_(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """The server: idle memory, /api/snapshot rate and p99, SSE fan-out CPU, dashboard cost."""
+    _run_benchmark("serve", as_json, quick=quick)
 
 
 @bench_app.command()
 def covers(as_json: JsonOption = False, quick: QuickOption = False) -> None:
     """Seed 001: the cover service's idle and peak memory, workers vs in-process renders."""
     _run_benchmark("covers", as_json, quick=quick)
+
+
+@bench_app.command()
+def chaos(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Faults under load: kill storms, poison tasks, a soak; tasks lost, hangs, leaks, drift."""
+    _run_benchmark("chaos", as_json, quick=quick)
+
+
+@bench_app.command()
+def data(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """memwise.data against strax 2.2.3 on one waveform chain: cold, reload, peak memory."""
+    _run_benchmark("data", as_json, quick=quick)
+
+
+@bench_app.command()
+def speech(as_json: JsonOption = False, quick: QuickOption = False) -> None:
+    """Seed 004: recognizer throughput 1 vs 2 workers, memory ratio, RTF, a worker killed."""
+    _run_benchmark("speech", as_json, quick=quick)

@@ -15,18 +15,23 @@ __all__ = [
     "DataError",
     "DataNotFound",
     "DependencyError",
+    "InsufficientMemory",
+    "InvalidAudio",
     "LockTimeout",
     "MemoryBudgetExceeded",
     "MemwiseError",
     "MissingMainGuard",
     "PluginError",
+    "ProtocolError",
     "ReentrantComputation",
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "ServerConfigError",
     "SharedMemoryError",
     "SharedMemoryExhausted",
     "TaskTimeout",
+    "TranscriptionFailed",
     "WorkerCrashed",
     "WorkerInitError",
 ]
@@ -145,6 +150,37 @@ class MemoryBudgetExceeded(MemwiseError):
     """A task or reservation waited longer than ``max_wait`` for room in a MemoryBudget."""
 
 
+class InsufficientMemory(MemwiseError):
+    """A configuration would need more memory than the machine has available.
+
+    Raised at start-up, before any work is accepted; the message gives the measured need, what
+    is available and the largest worker count that fits (``suggested``).
+    """
+
+    def __init__(self, message: str, suggested: int = 0) -> None:
+        super().__init__(message, suggested)
+        self.suggested = suggested
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidAudio(MemwiseError, ValueError):
+    """Audio that cannot be recognized as sent: not a WAV file, wrong sample rate, channels or
+    sample format, a truncated frame, or more than the server accepts. Nothing was queued."""
+
+
+class TranscriptionFailed(MemwiseError):
+    """A file's transcription was abandoned (its worker died mid-file, or it was cancelled);
+    the other files are unaffected."""
+
+
+class ProtocolError(MemwiseError, ValueError):
+    """A message on a network API broke its protocol: a malformed frame, an unknown message
+    type or task id, a task id already in use. The message says what to send instead; the
+    connection and every other task are unaffected."""
+
+
 class DataError(MemwiseError):
     """Base class of the errors of ``memwise.data`` (plugins, lineage, storage)."""
 
@@ -167,3 +203,7 @@ class ReentrantComputation(DataError, RuntimeError):
 
 class LockTimeout(DataError, TimeoutError):
     """Another process held a data key's lock longer than ``lock_timeout`` seconds."""
+
+
+class ServerConfigError(MemwiseError, ValueError):
+    """The server cannot start as configured (e.g. a non-loopback bind without a token)."""

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
@@ -34,7 +33,6 @@ def descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.parametrize("phase", ["startup", "dispatch", "handover"])
 def test_workers_end_and_segments_are_swept_after_the_parent_is_killed(tmp_path, phase):
     marker = tmp_path / "reached"
-    before = memwise_segments()
     held: set[str] = set()
     program = subprocess.Popen([sys.executable, str(HERE / "_parent.py"), phase, str(marker)])
     try:
@@ -46,8 +44,7 @@ def test_workers_end_and_segments_are_swept_after_the_parent_is_killed(tmp_path,
         assert family, "the program started no worker"
         # The program's segments, while it is alive (other programs on this machine may be
         # making segments too: only those named after the program count).
-        owned = f"mw_{np.base_repr(program.pid, 36).lower()}_"
-        held = {entry for entry in memwise_segments() - before if entry.startswith(owned)}
+        held = {name.lstrip("/") for name in shared.owned_segments(program.pid) or ()}
         if phase != "startup":  # arrays are in flight: the dead parent leaves segments to sweep
             assert held
         program.send_signal(signal.SIGKILL)

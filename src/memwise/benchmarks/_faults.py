@@ -179,3 +179,20 @@ def record_interval(folder: str, i: int, seconds: float) -> None:
     time.sleep(seconds)
     with open(f"{folder}/{i}.interval", "w") as f:
         f.write(f"{start} {time.time()}")
+
+
+class Squarer:
+    """An actor's object for storms: squares numbers, slowly enough to be killed mid-call."""
+
+    def work(self, i: int, work_s: float) -> tuple[int, float]:
+        """``(pid, i * i)``: the pid tells the storm this process is up and answering."""
+        return os.getpid(), checked(i, work_s)
+
+
+def double_slowly(i: int) -> int:
+    checked(i, 0.003)
+    return 2 * i
+
+
+def plus_one(i: int) -> int:
+    return i + 1

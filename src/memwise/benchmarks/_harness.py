@@ -19,6 +19,29 @@ from rich.table import Table
 Figures = dict[str, float]
 
 
+class Target(TypedDict):
+    """One target of a benchmark, checked against a figure of the same run."""
+
+    value: float
+    target: str  # e.g. "<= 30 MB", ">= 1.5x pebble"
+    met: bool
+
+
+def at_most(value: float, bound: float, unit: str = "") -> Target:
+    """``value <= bound``; ``unit`` is shown after the bound ("MiB", "x in-process")."""
+    return {"value": value, "target": f"<= {bound:g}{_spaced(unit)}", "met": value <= bound}
+
+
+def at_least(value: float, bound: float, unit: str = "") -> Target:
+    """``value >= bound``."""
+    return {"value": value, "target": f">= {bound:g}{_spaced(unit)}", "met": value >= bound}
+
+
+def _spaced(unit: str) -> str:
+    # "1.5x Ray" and "30 MiB": a ratio's x sticks to the number.
+    return unit if not unit or unit.startswith("x") else f" {unit}"
+
+
 class BenchResult(TypedDict):
     """The JSON object a benchmark returns and ``memwise bench --json`` prints.
 
@@ -30,6 +53,12 @@ class BenchResult(TypedDict):
     results: dict[str, Figures]
     skipped: dict[str, str]
     ratios: dict[str, Figures]
+
+
+class TargetedResult(BenchResult):
+    """``BenchResult`` plus ``targets``: each target with its value from this same run."""
+
+    targets: dict[str, Target]
 
 
 @dataclass(frozen=True)
@@ -102,6 +131,14 @@ def print_result(
         console.print(_ratios_table(result, metrics, subject))
     for system, reason in result["skipped"].items():
         console.print(f"[yellow]skipped[/] {system}: {reason}")
+
+
+def print_targets(targets: Mapping[str, Target], console: Console | None = None) -> None:
+    """One line per target: met or missed, the value and the target."""
+    console = console or Console()
+    for name, t in targets.items():
+        mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
+        console.print(f"target {mark}: {name}: {t['value']:,.3g} (target {t['target']})")
 
 
 def _figures_table(result: BenchResult, metrics: Sequence[Metric]) -> Table:

@@ -10,267 +10,75 @@ lost (must be 0), hangs, leaks and memory drift.
   task fails alone with ``WorkerCrashed``.
 - **Poison task**: one task that kills every worker it runs on, among healthy ones: it fails
   after ``retries + 1`` crashes and the rest complete.
-- **Budget burst**: many tasks reserving large amounts at once; the budget never admits more
-  than its limit.
+- **Storms on the layers above the pool**: an actor's process, a pipeline's process stage and
+  the workers computing data products are killed the same way; every call, item and peak
+  must come out right.
 - **Soak**: mixed load (small and large tasks, kills, timeouts) for a while; the parent's private
   memory must stay flat after warm-up, descriptors must not grow, the worker count must hold.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import threading
-import time
-from collections import Counter
-from concurrent.futures import Future, wait
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from memwise.benchmarks import _faults
-from memwise.errors import TaskTimeout, WorkerCrashed
-from memwise.memory import private_memory
+from memwise.benchmarks._harness import Target
+from memwise.benchmarks._storms import (
+    MiB,
+    StormFigures,
+    actor_storm,
+    data_storm,
+    kill_storm,
+    leftovers,
+    pipeline_storm,
+    poison,
+    soak,
+)
 
-__all__ = ["StormFigures", "kill_storm", "poison", "print_table", "run", "soak"]
-
-MiB = 1024 * 1024
-WAIT_S = 120.0  # a healthy storm of the sizes used here ends far sooner: past it, a hang
-
-
-def open_descriptors() -> int:
-    """Descriptors open in this process now (Linux /proc; 0 where unknown)."""
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 0
-
-
-class Killer:
-    """A thread that SIGKILLs busy workers of ``pool`` at the times of a Poisson process."""
-
-    def __init__(self, pool: Any, rate: float, seed: int = 0) -> None:
-        self._pool = pool
-        self._rate = rate
-        self._random = random.Random(seed)
-        self._stop = threading.Event()
-        self.kills = 0
-        self._thread = threading.Thread(target=self._run, name="memwise-chaos-killer", daemon=True)
-
-    def __enter__(self) -> Killer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._random.expovariate(self._rate)):
-            busy = [w.pid for w in self._pool.snapshot().workers if w.state == "busy" and w.pid]
-            if not busy:
-                continue
-            try:
-                os.kill(self._random.choice(busy), 9)
-                self.kills += 1
-            except ProcessLookupError:
-                pass
-
-
-@dataclass
-class StormFigures:
-    """What one kill storm did and what it cost."""
-
-    tasks: int
-    completed: int  # with the right result
-    wrong: int  # completed with a wrong result: must be 0
-    crashed: int  # failed with WorkerCrashed (only without retries)
-    other_errors: Counter[str] = field(default_factory=Counter)  # must be empty
-    hung: int = 0  # futures not done within WAIT_S: must be 0
-    kills: int = 0
-    seconds: float = 0.0
-    descriptors_grown: int = 0
-
-    @property
-    def lost(self) -> int:
-        """Tasks that neither completed nor failed with the typed error they should."""
-        return self.tasks - self.completed - self.crashed
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["other_errors"] = dict(self.other_errors)
-        data["lost"] = self.lost
-        data["tasks_per_s"] = self.tasks / self.seconds if self.seconds else 0.0
-        return data
-
-
-def kill_storm(
-    *,
-    tasks: int = 2000,
-    rate: float = 10.0,
-    retries: int = 3,
-    array_bytes: int = 0,
-    work_s: float = 0.002,
-    workers: int = 2,
-    seed: int = 0,
-) -> StormFigures:
-    """Run ``tasks`` tasks on a fresh pool while workers are killed at ``rate`` per second."""
-    import numpy as np
-
-    from memwise.pool.api import WorkerPool
-
-    descriptors = open_descriptors()
-    base = np.arange(max(array_bytes // 8, 1), dtype=np.float64) if array_bytes else None
-    futures: dict[Future[Any], int] = {}
-    started = time.perf_counter()
-    with WorkerPool(workers, retries=retries) as pool, Killer(pool, rate, seed) as killer:
-        for i in range(tasks):
-            if base is None:
-                futures[pool.submit(_faults.checked, i, work_s)] = i
-            else:
-                futures[pool.submit(_faults.checked_array, base, i, work_s)] = i
-        done, not_done = wait(futures, timeout=WAIT_S)
-        for future in not_done:
-            future.cancel()
-        kills = killer.kills
-    figures = StormFigures(tasks, 0, 0, 0, hung=len(not_done), kills=kills)
-    figures.seconds = time.perf_counter() - started
-    for future in done:
-        error = future.exception()
-        if error is None:
-            expected = _faults.checksum(futures[future], base)
-            if future.result() == expected:
-                figures.completed += 1
-            else:
-                figures.wrong += 1
-        elif isinstance(error, WorkerCrashed):
-            figures.crashed += 1
-        else:
-            figures.other_errors[type(error).__name__] += 1
-    figures.descriptors_grown = open_descriptors() - descriptors
-    return figures
-
-
-def poison(*, retries: int = 2, healthy: int = 200, workers: int = 2) -> dict[str, Any]:
-    """One task that kills every worker it runs on, among ``healthy`` ordinary ones."""
-    from memwise.pool.api import WorkerPool
-
-    with WorkerPool(workers, retries=retries) as pool:
-        bad = pool.submit(_faults.run_fault, "sigkill")
-        good = [pool.submit(_faults.checked, i, 0.001) for i in range(healthy)]
-        error = bad.exception(WAIT_S)
-        results = [f.result(WAIT_S) for f in good]
-        snapshot = pool.snapshot()
-    return {
-        "error": type(error).__name__ if error else None,
-        "message": str(error) if error else "",
-        "crashes": snapshot.restarts,
-        "healthy_completed": sum(r == _faults.checksum(i, None) for i, r in enumerate(results)),
-        "healthy": healthy,
-        "pool_state": snapshot.state,
-    }
-
-
-def soak(*, seconds: float = 60.0, warmup: float = 10.0, rate: float = 2.0) -> dict[str, Any]:
-    """Mixed load for ``seconds``: private memory drift, descriptors and workers afterwards."""
-    import numpy as np
-
-    from memwise.pool.api import WorkerPool
-
-    rng = random.Random(1)
-    large = np.arange(2 * MiB // 8, dtype=np.float64)
-    counts: Counter[str] = Counter()
-    samples: list[tuple[float, int]] = []
-    descriptors = None
-    start = time.monotonic()
-    with WorkerPool(2, retries=3) as pool, Killer(pool, rate, seed=2) as killer:
-        while (now := time.monotonic() - start) < seconds:
-            batch: list[tuple[Future[Any], int, bool]] = []
-            for i in range(50):
-                roll = rng.random()
-                if roll < 0.2:
-                    batch.append((pool.submit(_faults.checked_array, large, i, 0.0), i, True))
-                elif roll < 0.22:
-                    hung = pool.options(timeout=0.2).submit(_faults.hang)
-                    batch.append((hung, i, False))
-                else:
-                    batch.append((pool.submit(_faults.checked, i, 0.0005), i, False))
-            for future, i, with_array in batch:
-                try:
-                    result = future.result(WAIT_S)
-                except TaskTimeout:
-                    counts["timed_out"] += 1
-                    continue
-                expected = _faults.checksum(i, large if with_array else None)
-                counts["completed" if result == expected else "wrong"] += 1
-            if now >= warmup:
-                if descriptors is None:
-                    descriptors = open_descriptors()
-                samples.append((now, private_memory()))
-        workers_alive = sum(1 for w in pool.snapshot().workers if w.pid)
-        kills = killer.kills
-    drift_per_min = _slope(samples) * 60 / MiB if len(samples) > 2 else 0.0
-    return {
-        "seconds": seconds,
-        "tasks": sum(counts.values()),
-        "completed": counts["completed"],
-        "wrong": counts["wrong"],
-        "timed_out": counts["timed_out"],
-        "kills": kills,
-        "private_drift_mib_per_min": drift_per_min,
-        "descriptors_grown": open_descriptors() - (descriptors or open_descriptors()),
-        "workers_alive_at_end": workers_alive,
-    }
-
-
-def leftovers() -> dict[str, int]:
-    """Processes this program started that still run, and memwise segments it still holds."""
-    import multiprocessing
-
-    import psutil
-
-    from memwise import shared
-    from memwise.shared._names import parse
-
-    helpers = {p.pid for p in multiprocessing.active_children()}
-    shared.trim()
-    strays = 0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and child.pid not in helpers:
-                cmd = " ".join(child.cmdline())
-                if "forkserver" not in cmd and "resource_tracker" not in cmd:
-                    strays += 1
-        except psutil.NoSuchProcess:
-            continue
-    segments = 0
-    try:
-        for entry in os.listdir("/dev/shm"):
-            parsed = parse(entry)
-            if parsed is not None and parsed.owner.pid == os.getpid():
-                segments += 1
-    except OSError:
-        pass
-    return {"processes": strays, "segments": segments}
+__all__ = [
+    "StormFigures",
+    "actor_storm",
+    "data_storm",
+    "kill_storm",
+    "pipeline_storm",
+    "poison",
+    "print_table",
+    "run",
+    "soak",
+]
 
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Every experiment, at benchmark size (``quick``: a smoke run of a minute or so)."""
     scale = 1 if quick else 10
     results: dict[str, Any] = {}
-    results["storm"] = kill_storm(tasks=1000 * scale, rate=10.0, retries=3).as_dict()
+    results["storm"] = kill_storm(tasks=1000 * scale, rate=4.0, retries=4).as_dict()
     results["storm_arrays"] = kill_storm(
-        tasks=200 * scale, rate=10.0, retries=3, array_bytes=4 * MiB
+        tasks=200 * scale, rate=4.0, retries=4, array_bytes=4 * MiB
     ).as_dict()
-    results["storm_no_retries"] = kill_storm(tasks=1000 * scale, rate=10.0, retries=0).as_dict()
+    results["storm_no_retries"] = kill_storm(tasks=1000 * scale, rate=4.0, retries=0).as_dict()
     results["poison"] = poison(retries=2)
+    results["actor"] = actor_storm(calls=200 * scale)
+    results["pipeline"] = pipeline_storm(items=300 * scale)
+    results["data"] = data_storm()
     results["soak"] = soak(seconds=30.0 if quick else 600.0, warmup=5.0 if quick else 30.0)
     results["leftovers"] = leftovers()
     storms = [results[name] for name in ("storm", "storm_arrays", "storm_no_retries")]
     lost = sum(s["lost"] + s["wrong"] + sum(s["other_errors"].values()) for s in storms)
     hangs = sum(s["hung"] for s in storms)
     soak_figures = results["soak"]
+    actor_outcomes = results["actor"]["outcomes"]
+    layers_ok = (
+        set(actor_outcomes) <= {"completed", "WorkerCrashed"}
+        and results["actor"]["works_after"]
+        and results["pipeline"]["in_order_and_right"]
+        and results["data"]["same_as_quiet_run"]
+    )
+    lost += soak_figures["wrong"]
     targets = {
-        "tasks lost": _target(lost + soak_figures["wrong"], "== 0", lost == 0),
+        "tasks lost": _target(lost, "== 0", lost == 0),
+        "actors, pipelines, data products intact": _target(
+            int(layers_ok), "== 1 (every call, item and peak)", layers_ok
+        ),
         "hangs": _target(hangs, "== 0", hangs == 0),
         "poison task fails alone": _target(
             results["poison"]["healthy_completed"],
@@ -295,7 +103,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     return {"benchmark": "chaos", "results": results, "targets": targets}
 
 
-def _target(value: float, target: str, met: bool) -> dict[str, Any]:
+def _target(value: float, target: str, met: bool) -> Target:
     return {"value": value, "target": target, "met": bool(met)}
 
 
@@ -332,6 +140,15 @@ def print_table(result: dict[str, Any]) -> None:
         str(soak_figures["descriptors_grown"]),
     )
     console.print(table)
+    figures = result["results"]
+    console.print(
+        f"actor storm: {figures['actor']['kills']} kills, outcomes {figures['actor']['outcomes']}"
+        f"; pipeline storm: {figures['pipeline']['kills']} kills, "
+        f"{figures['pipeline']['delivered']}/{figures['pipeline']['items']} items in order: "
+        f"{figures['pipeline']['in_order_and_right']}; data-product storm: "
+        f"{figures['data']['kills']} kills, same peaks as a quiet run: "
+        f"{figures['data']['same_as_quiet_run']}"
+    )
     poisoned = result["results"]["poison"]
     console.print(f"poison task: {poisoned['error']}: {poisoned['message']}")
     console.print(
@@ -344,13 +161,3 @@ def print_table(result: dict[str, Any]) -> None:
     for what, t in result["targets"].items():
         targets.add_row(what, str(t["value"]), t["target"], "yes" if t["met"] else "[red]no")
     console.print(targets)
-
-
-def _slope(samples: list[tuple[float, int]]) -> float:
-    """Least-squares slope of (time, bytes): bytes per second."""
-    n = len(samples)
-    mean_t = sum(t for t, _ in samples) / n
-    mean_v = sum(v for _, v in samples) / n
-    num = sum((t - mean_t) * (v - mean_v) for t, v in samples)
-    den = sum((t - mean_t) ** 2 for t, _ in samples)
-    return num / den if den else 0.0

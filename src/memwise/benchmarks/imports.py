@@ -22,11 +22,19 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import TypedDict
 
 from rich.console import Console
 
-from memwise.benchmarks._harness import BenchResult, Figures, Metric, print_result
+from memwise.benchmarks._harness import (
+    BenchResult,
+    Figures,
+    Metric,
+    Target,
+    TargetedResult,
+    at_most,
+    print_result,
+    print_targets,
+)
 
 __all__ = ["IMPORT_METRICS", "WORKER_METRICS", "print_table", "run"]
 
@@ -85,16 +93,7 @@ FULL = Sizes(rounds=7)
 QUICK = Sizes(rounds=3)
 
 
-class Target(TypedDict):
-    value: float
-    limit: float
-    met: bool
-
-
-class ImportResult(BenchResult):
-    """Adds ``targets``: the issue's limits, each with the measured value and whether it holds."""
-
-    targets: dict[str, Target]
+ImportResult = TargetedResult
 
 
 def _one_run(statement: str) -> Figures:
@@ -161,10 +160,7 @@ def _targets(results: dict[str, Figures]) -> dict[str, Target]:
         ),
         "idle worker: private memory, MiB": (results[WORKER]["private_mib"], MAX_IDLE_WORKER_MIB),
     }
-    return {
-        name: {"value": value, "limit": limit, "met": value <= limit}
-        for name, (value, limit) in checks.items()
-    }
+    return {name: at_most(value, limit) for name, (value, limit) in checks.items()}
 
 
 def run(quick: bool = False) -> ImportResult:
@@ -187,6 +183,4 @@ def print_table(result: ImportResult, console: Console | None = None) -> None:
     for rows, metrics in ((imports, IMPORT_METRICS), (worker, WORKER_METRICS)):
         table = BenchResult(benchmark=result["benchmark"], results=rows, skipped={}, ratios={})
         print_result(table, metrics, "memwise", console)
-    for name, target in result["targets"].items():
-        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
-        console.print(f"{mark} {name}: {target['value']:,.2f} (target <= {target['limit']:g})")
+    print_targets(result["targets"], console)

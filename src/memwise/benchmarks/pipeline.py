@@ -38,7 +38,7 @@ from memwise.benchmarks._harness import (
     print_result,
     ratios_against,
 )
-from memwise.benchmarks._pipeline_peers import PEERS
+from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES
 from memwise.demos._inspection import FRAME_SHAPE, Frame, fill_frame, inspect, warm_up
 from memwise.demos._lines import LineRun, run_pipeline, run_serial
 from memwise.pool.api import WorkerPool
@@ -99,8 +99,16 @@ def _item_bytes(scenes: list[Any]) -> int:
 
 
 def _memwise_processes(sizes: Sizes, scenes: list[Any]) -> LineRun:
-    with WorkerPool(2, initializer=warm_up, shm_threshold=SHM_THRESHOLD) as pool:
-        return run_pipeline(sizes.frames, scenes, pool=pool, capacity=CAPACITY, warmup=sizes.warmup)
+    # One pool for both heavy stages: whichever is the bottleneck may use every process.
+    with WorkerPool(PROCESSES, initializer=warm_up, shm_threshold=SHM_THRESHOLD) as pool:
+        return run_pipeline(
+            sizes.frames,
+            scenes,
+            pool=pool,
+            workers=PROCESSES,
+            capacity=CAPACITY,
+            warmup=sizes.warmup,
+        )
 
 
 def _systems(sizes: Sizes, scenes: list[Any], checked: dict[str, LineRun]) -> dict[str, Any]:

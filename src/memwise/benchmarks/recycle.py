@@ -38,11 +38,15 @@ from typing import Any, Protocol
 from rich.console import Console
 
 from memwise.benchmarks._harness import (
-    BenchResult,
     Figures,
     Metric,
+    Target,
+    TargetedResult,
+    at_least,
+    at_most,
     measure_systems,
     print_result,
+    print_targets,
     ratios_against,
 )
 from memwise.benchmarks._tasks import retain
@@ -70,7 +74,7 @@ METRICS = (
 RATIO_METRICS = tuple(m for m in METRICS if m.key != "recycles")
 
 
-class RecycleResult(BenchResult):
+class RecycleResult(TargetedResult):
     """``BenchResult`` plus the configuration the targets are checked against."""
 
     limit_bytes: int
@@ -193,6 +197,7 @@ def run(quick: bool = False) -> RecycleResult:
         "results": results,
         "skipped": skipped,
         "ratios": ratios_against(results, "memwise", RATIO_METRICS),
+        "targets": targets(results, sizes.limit),
         "limit_bytes": sizes.limit,
         "task_bytes": TASK_BYTES,
     }
@@ -206,38 +211,25 @@ def print_table(result: RecycleResult, console: Console | None = None) -> None:
         f"limit {result['limit_bytes'] / MiB:.0f} MiB, each task retains "
         f"{result['task_bytes'] / MiB:.0f} MiB, {WORKERS} workers"
     )
-    for line in target_lines(result):
-        console.print(line)
+    print_targets(result["targets"], console)
 
 
-def target_lines(result: RecycleResult) -> list[str]:
-    """One line per target of the issue, saying whether memwise met it."""
-    figures = result["results"]
-    if "memwise" not in figures:
-        return ["[yellow]targets not checked[/]: memwise has no figures"]
-    mine = figures["memwise"]
-    ceiling = (result["limit_bytes"] + result["task_bytes"]) / MiB
-    lines = [
-        _verdict(
-            mine["peak_worker_mb"] <= ceiling,
-            f"peak worker private {mine['peak_worker_mb']:.1f} MiB <= limit + one task "
-            f"{ceiling:.1f} MiB",
+def targets(results: dict[str, Figures], limit: int) -> dict[str, Target]:
+    """The issue's targets, from memwise's figures of this run (none without them)."""
+    if "memwise" not in results:
+        return {}
+    mine = results["memwise"]
+    found = {
+        "peak worker private memory, MiB (limit + one task)": at_most(
+            mine["peak_worker_mb"], (limit + TASK_BYTES) / MiB, "MiB"
         )
-    ]
-    if "memwise-norecycle" in figures:
-        reference = figures["memwise-norecycle"]["tasks_per_s"]
-        share = mine["tasks_per_s"] / reference
-        lines.append(
-            _verdict(
-                share >= 1 - THROUGHPUT_TOLERANCE,
-                f"throughput {share:.0%} of memwise-norecycle (>= {1 - THROUGHPUT_TOLERANCE:.0%})",
-            )
+    }
+    if "memwise-norecycle" in results:
+        share = mine["tasks_per_s"] / results["memwise-norecycle"]["tasks_per_s"]
+        found["throughput vs no recycling"] = at_least(
+            share, 1 - THROUGHPUT_TOLERANCE, "x memwise-norecycle"
         )
-    return lines
-
-
-def _verdict(met: bool, text: str) -> str:
-    return f"target {'[green]met[/]' if met else '[red]missed[/]'}: {text}"
+    return found
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,8 +47,12 @@ from memwise.benchmarks._harness import (
     BenchResult,
     Figures,
     Metric,
+    Target,
+    TargetedResult,
+    at_most,
     median_time,
     print_result,
+    print_targets,
     ratios_against,
     time_call,
 )
@@ -66,9 +70,10 @@ SUBJECT = "memwise"
 SLOT_SUBJECT = "memwise (slot)"
 IN_PROCESS = "in-process"
 RAY = "Ray"
-# The issue's targets: memwise at most this many times the in-process time and Ray's.
-TARGET_VS_IN_PROCESS = 2.0
-TARGET_VS_RAY = 0.6
+# The targets: memwise at most this many times the in-process time and Ray's (issue 4 asked
+# for 2x and 0.6x; these are the tighter ones that followed).
+TARGET_VS_IN_PROCESS = 1.5
+TARGET_VS_RAY = 0.5
 
 METRICS = (
     Metric("roundtrip_ms", "48 MB float64 ms", ",.1f", higher_is_better=False),
@@ -76,7 +81,7 @@ METRICS = (
 )
 
 
-class TransferResult(BenchResult):
+class TransferResult(TargetedResult):
     """``BenchResult`` plus the in-process limits, memwise (slot)'s ratios and the breakdown."""
 
     in_process_ms: float
@@ -289,6 +294,19 @@ def _in_process(inputs: Inputs, sizes: Sizes) -> Figures:
     return _interleaved_medians_ms(calls, sizes.samples)
 
 
+def targets(results: dict[str, Figures]) -> dict[str, Target]:
+    """memwise's round trip over in-process and over Ray's, per input, against the targets."""
+    found: dict[str, Target] = {}
+    for subject in (SUBJECT, SLOT_SUBJECT):
+        for peer, bound in ((IN_PROCESS, TARGET_VS_IN_PROCESS), (RAY, TARGET_VS_RAY)):
+            if subject not in results or peer not in results:
+                continue
+            for m in METRICS:
+                ratio = results[subject][m.key] / results[peer][m.key]
+                found[f"{subject} / {peer}, {m.header}"] = at_most(ratio, bound, f"x {peer}")
+    return found
+
+
 def run(quick: bool = False) -> TransferResult:
     """Measure every system in this process; ``quick`` takes fewer samples (same sizes).
 
@@ -316,6 +334,7 @@ def run(quick: bool = False) -> TransferResult:
         "skipped": skipped,
         "ratios": ratios_against(with_limit, SUBJECT, METRICS),
         "slot_ratios": ratios_against(with_limit, SLOT_SUBJECT, METRICS),
+        "targets": targets(with_limit),
         "breakdown_ms": breakdown(inputs.array, sizes) if SUBJECT in results else {},
     }
 
@@ -441,33 +460,9 @@ def print_table(result: TransferResult, console: Console | None = None) -> None:
         "ratios": result["ratios"],
     }
     print_result(shown, METRICS, SUBJECT, console)
-    console.print(_targets_table(result))
+    print_targets(result["targets"], console)
     if result["breakdown_ms"]:
         console.print(_breakdown_table(result["breakdown_ms"]))
-
-
-def _verdict(ratio: float | None, target: float) -> str:
-    if ratio is None:
-        return "n/a"
-    mark = "[green]ok[/]" if ratio <= target else "[red]missed[/]"
-    return f"{ratio:.2f}x {mark}"
-
-
-def _targets_table(result: TransferResult) -> Table:
-    table = Table(
-        title="targets",
-        caption=f"at most {TARGET_VS_IN_PROCESS:g}x in-process and {TARGET_VS_RAY:g}x Ray",
-    )
-    table.add_column("subject ÷ limit", no_wrap=True)
-    for m in METRICS:
-        table.add_column(m.header, justify="right")
-    for subject, ratios in ((SUBJECT, result["ratios"]), (SLOT_SUBJECT, result["slot_ratios"])):
-        for peer, target in ((IN_PROCESS, TARGET_VS_IN_PROCESS), (RAY, TARGET_VS_RAY)):
-            row = ratios.get(peer, {})
-            table.add_row(
-                f"{subject} ÷ {peer}", *(_verdict(row.get(m.key), target) for m in METRICS)
-            )
-    return table
 
 
 _STAGE_NOTES = {

@@ -175,7 +175,15 @@ class Context:
     # ---- getting data -------------------------------------------------------------------
 
     def get_array(self, run_id: str, name: str) -> np.ndarray:
-        """The whole product as one array (computed and stored first if need be)."""
+        """The whole product as one array (computed and stored first if need be).
+
+        Loaded from a directory storage, it is a read-only memory map of the stored file:
+        no copy is made, pages are read as they are touched.
+        """
+        storage = self._find(self.key_for(run_id, name))
+        if storage is not None:
+            self.stats["loaded"] += 1
+            return storage.load_array(self.key_for(run_id, name))
         datas = [c.data for c in self.get_iter(run_id, name) if len(c)]
         if not datas:
             return np.zeros(0, self.resolve(name)[name].plugin.output_dtypes()[name])

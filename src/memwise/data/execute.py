@@ -7,8 +7,8 @@ travel between processes, and only the outputs that are saved or asked for come 
 
 from __future__ import annotations
 
-import atexit
 import importlib
+import multiprocessing.util
 import os
 import sys
 import threading
@@ -103,9 +103,11 @@ class Bundle:
 class Instances:
     """Plugin instances of one process (or one computation), ``setup`` once each."""
 
-    def __init__(self) -> None:
+    def __init__(self, teardown_at_exit: bool = False) -> None:
         self._lock = threading.Lock()
         self._made: dict[str, Plugin] = {}
+        self._teardown_at_exit = teardown_at_exit
+        self._registered_in: int | None = None
 
     def get(self, step: Step) -> Plugin:
         with self._lock:
@@ -115,6 +117,12 @@ class Instances:
                 plugin = cls(cls.Config.model_validate(step.config))
                 plugin.setup()
                 self._made[step.ident] = plugin
+                if self._teardown_at_exit and self._registered_in != os.getpid():
+                    # Registered here, in the process that set the plugin up: a process
+                    # forked from one that registered earlier starts with no finalizers.
+                    # A finalizer, not atexit: worker processes end without running atexit.
+                    multiprocessing.util.Finalize(None, self.teardown, exitpriority=10)
+                    self._registered_in = os.getpid()
             return plugin
 
     def teardown(self) -> None:
@@ -125,8 +133,7 @@ class Instances:
 
 
 # Plugins set up in a worker process stay until the process exits.
-_WORKER = Instances()
-atexit.register(_WORKER.teardown)
+_WORKER = Instances(teardown_at_exit=True)
 
 
 def run_chain(

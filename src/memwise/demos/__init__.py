@@ -25,6 +25,8 @@ SCENARIOS: dict[str, str] = {
     "preview": "memwise.demos.preview",
     "covers": "memwise.demos.covers",
     "vision": "memwise.demos.vision",
+    "waveforms": "memwise.demos.waveforms",
+    "speech": "memwise.demos.speech",
 }
 
 

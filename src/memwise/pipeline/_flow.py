@@ -83,9 +83,12 @@ class Flow:
             self._room.notify()
 
     def enter(self, value: Any) -> None:
-        """Admit ``value`` into a place :meth:`reserve` made."""
+        """Admit ``value`` into a place :meth:`reserve` made (released instead after a stop)."""
         with self._lock:
-            self._enter(Item(self.admitted, value))
+            if not self.stopped:
+                self._enter(Item(self.admitted, value))
+                return
+        self._release(value)
 
     def _enter(self, item: Item) -> None:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -105,6 +108,7 @@ class Flow:
             elif self.drop == "oldest" and self._queues[0]:
                 oldest = self._queues[0].popleft()
                 self._done[oldest.seq] = None
+                self.in_flight -= 1  # the newcomer takes its place
                 self._count_drop()
                 victim = oldest.source
                 admitted = True
@@ -322,7 +326,7 @@ def _fail(stage: Stage, item: Item, error: BaseException) -> None:
 def _call_here(stage: Stage, item: Item) -> None:
     try:
         item.value = stage.fn(item.value)
-    except Exception as exc:
+    except BaseException as exc:  # sys.exit() in a stage too: the item fails, never vanishes
         _fail(stage, item, exc)
 
 

@@ -10,17 +10,20 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
 from concurrent.futures import Executor, Future
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from memwise import _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, SharedMemoryError
 from memwise.memory import parse_size
+from memwise.pool.backend import PoolBackend
 from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import key_bytes
+from memwise.pool.remote import remote_backend
 from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.subscribers import Subscription
 from memwise.pool.supervisor import PoolConfig, Supervisor
@@ -33,6 +36,11 @@ _DEFAULTS = TaskOptions()
 # Enough chunks per worker that uneven chunks even out, few enough that per-chunk overhead
 # (one message each way) stays negligible against per-item work.
 CHUNKS_PER_WORKER = 8
+
+_SHUTDOWN_TIMEOUT = (
+    "the pool was shut down with timeout={timeout} s and this task had not finished by then; "
+    "its worker was killed"
+)
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
@@ -82,6 +90,12 @@ class WorkerPool(Executor):
             warning instead of waiting for a slot and then failing with
             ``SharedMemoryExhausted``.
         start_method: ``"forkserver"`` (Linux default), ``"spawn"`` (elsewhere) or ``"fork"``.
+        backend: ``"local"`` (worker processes of this machine) or ``"ray"``: one Ray actor
+            per worker lane, on the cluster at ``address`` (or ``RAY_ADDRESS``), else on a
+            local cluster started on loopback. The same API and guarantees, except those
+            listed in docs/ray.md (no ``budget``, ``min_workers``, shared-memory slots,
+            ``Recycle(idle=, on_key_change=, hard_memory=)``).
+        address: the Ray cluster to join (``backend="ray"`` only).
 
     Functions and arguments travel by pickle (protocol 5), falling back to cloudpickle for
     lambdas and closures. ``submit`` passes every keyword to the function; per-task options
@@ -106,6 +120,8 @@ class WorkerPool(Executor):
         shm_threshold: int | str = _oob.DEFAULT_THRESHOLD,
         shm_fallback: bool = False,
         start_method: str | None = None,
+        backend: str = "local",
+        address: str | None = None,
     ) -> None:
         if workers is not None and max_workers is not None and workers != max_workers:
             raise ValueError("give workers or max_workers, not both")
@@ -118,11 +134,31 @@ class WorkerPool(Executor):
             raise ValueError(f"min_workers must be between 0 and {workers}, got {min_workers}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
+        self._timeout = timeout
+        self._budget = budget
+        self._remote: PoolBackend | None = None
+        if backend != "local" or address is not None:
+            self._remote = remote_backend(
+                backend,
+                address=address,
+                workers=workers,
+                min_workers=min_workers,
+                initializer=initializer,
+                initargs=initargs,
+                init_timeout=init_timeout,
+                retries=retries,
+                recycle=recycle or Recycle(),
+                max_restarts=max_restarts,
+                trim=trim,
+                budget=budget,
+                start_method=start_method,
+            )
+            _live_pools.add(self)
+            weakref.finalize(self, self._remote.close, False)
+            return
         init_payload, start_initargs = None, None
         if initializer is not None:
             init_payload, start_initargs = _pickle_initializer(initializer, initargs)
-        self._timeout = timeout
-        self._budget = budget
         self._shm_threshold = parse_size(shm_threshold)
         self._shm_fallback = shm_fallback
         self._supervisor = Supervisor(
@@ -148,6 +184,8 @@ class WorkerPool(Executor):
     @property
     def workers(self) -> int:
         """The number of worker lanes (the most processes at once); see :meth:`resize`."""
+        if self._remote is not None:
+            return self._remote.workers
         return self._supervisor.lanes.count
 
     def resize(self, workers: int) -> None:
@@ -164,6 +202,9 @@ class WorkerPool(Executor):
         """
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an int of at least 1, got {workers!r}")
+        if self._remote is not None:
+            self._remote.resize(workers)
+            return
         self._supervisor.resize(workers)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -202,6 +243,10 @@ class WorkerPool(Executor):
             raise ValueError("options(memory=...) reserves memory in a budget: pass budget= too")
         if options.key is not None:
             key_bytes(options.key)  # a key that cannot route fails here, before anything else
+        if self._remote is not None:
+            if options.timeout is INHERIT:
+                options = replace(options, timeout=self._timeout)
+            return self._remote.submit(options, fn, args, kwargs)
         future: Future[T] = Future()
         outgoing = _oob.Outgoing(self._shm_threshold, self._shm_fallback)
         try:
@@ -297,6 +342,9 @@ class WorkerPool(Executor):
     def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
         from memwise.progress import track
 
+        if self._remote is not None:
+            remote = self._remote
+            return track(results, total, lambda: remote.snapshot().restarts)
         return track(results, total, lambda: self._supervisor.tally.restarts)
 
     def shutdown(
@@ -308,16 +356,20 @@ class WorkerPool(Executor):
         wait that many seconds at most: workers still busy then are killed, and the futures
         of their tasks (and of any still queued) fail with ``BrokenPool``.
         """
+        if self._remote is not None:
+            self._remote.close(cancel_futures)
+            if not wait:
+                return
+            if timeout is not None and not self._remote.join(timeout):
+                self._remote.terminate(BrokenPool(_SHUTDOWN_TIMEOUT.format(timeout=timeout)))
+            self._remote.join()
+            _live_pools.discard(self)
+            return
         self._supervisor.close(cancel_futures)
         if not wait:
             return
         if timeout is not None and not self._supervisor.join(timeout):
-            self._supervisor.terminate(
-                BrokenPool(
-                    f"the pool was shut down with timeout={timeout} s and this task had not "
-                    "finished by then; its worker was killed"
-                )
-            )
+            self._supervisor.terminate(BrokenPool(_SHUTDOWN_TIMEOUT.format(timeout=timeout)))
         self._supervisor.join()
         self._supervisor.events.close(wait=True)
         _live_pools.discard(self)  # without wait, exit still waits for the workers to end
@@ -336,6 +388,8 @@ class WorkerPool(Executor):
         figures (private memory, PSS, CPU %) are measured at most every 250 ms whoever asks,
         so frequent callers cost little. See :class:`~memwise.pool.snapshot.PoolSnapshot`.
         """
+        if self._remote is not None:
+            return self._remote.snapshot()
         return self._supervisor.snapshot()
 
     def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
@@ -347,10 +401,15 @@ class WorkerPool(Executor):
         the returned subscription (or call :meth:`unsubscribe`) to stop;
         ``shutdown(wait=True)`` returns once every subscriber has had its last event.
         """
+        if self._remote is not None:
+            return self._remote.subscribe(callback)
         return self._supervisor.events.subscribe(callback)
 
     def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
         """Stop calling ``callback`` (every subscription of it); events it holds still arrive."""
+        if self._remote is not None:
+            self._remote.unsubscribe(callback)
+            return
         self._supervisor.events.unsubscribe(callback)
 
 

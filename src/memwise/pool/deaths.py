@@ -19,7 +19,6 @@ needs one, whatever emptied it.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from memwise import _oob
@@ -202,7 +201,7 @@ def _cause(sup: Supervisor, worker: Worker, exitcode: int | None) -> str:
 
 def note_failure(sup: Supervisor, error: BaseException) -> None:
     """Count a failed start; break the pool when they come too fast."""
-    now = time.monotonic()
+    now = sup.clock()
     sup.failures.append(now)
     while sup.failures and sup.failures[0] < now - STORM_SECONDS:
         sup.failures.popleft()

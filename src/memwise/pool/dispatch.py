@@ -19,7 +19,6 @@ Idle workers are then lent to submitting threads for the direct path (see
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -68,7 +67,7 @@ def dispatch(sup: Supervisor) -> None:
             while progress and sup.queue and not sup.budget_blocked:
                 progress = False
                 for worker, batch in batches.items():
-                    if not _has_room(worker, batch, depth):
+                    if not _has_room(worker, batch, depth, sup.clock()):
                         continue
                     task = _next_for(sup, worker, batch)
                     if task is not None:
@@ -93,12 +92,12 @@ def dispatch(sup: Supervisor) -> None:
             }
 
 
-def _has_room(worker: Worker, batch: list[Task], depth: int) -> bool:
+def _has_room(worker: Worker, batch: list[Task], depth: int, now: float) -> bool:
     if worker.retiring or len(worker.outstanding) + len(batch) >= depth:
         return False
     # A task running much longer than usual may run for a long time yet: queueing work
     # behind it would keep that work waiting while other workers are free.
-    return not worker.outstanding or time.monotonic() - worker.busy_since < PIPELINE_SECONDS
+    return not worker.outstanding or now - worker.busy_since < PIPELINE_SECONDS
 
 
 def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
@@ -153,7 +152,7 @@ def _admit(sup: Supervisor, task: Task) -> bool:
     task.reservation = budget.try_reserve(amount)
     if task.reservation is not None:
         return True
-    now = time.monotonic()
+    now = sup.clock()
     if task.blocked_since is None:
         task.blocked_since = now
     never_fits = amount > budget.limit
@@ -178,7 +177,7 @@ def key_change(sup: Supervisor, worker: Worker, key: Hashable, batch: Sequence[T
 
 def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
     if not worker.outstanding:
-        worker.busy_since = time.monotonic()
+        worker.busy_since = sup.clock()
     message = run_message(worker, batch)
     try:
         worker.channel.send(message)

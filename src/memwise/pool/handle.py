@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import signal
-import time
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
@@ -30,7 +29,9 @@ class Worker:
     finishes those it holds, then stops.
     """
 
-    def __init__(self, lane: int, process: Any, conn: Any, alive: Any, ledger: Ledger) -> None:
+    def __init__(
+        self, lane: int, process: Any, conn: Any, alive: Any, ledger: Ledger, now: float
+    ) -> None:
         self.lane = lane
         self.ledger = ledger
         # Numbers the run messages sent to it, so that revoking (see Ledger) can name them.
@@ -41,10 +42,10 @@ class Worker:
         self.alive = alive
         self.pid: int = process.pid
         self.state = State.STARTING
-        self.since = time.monotonic()
+        self.since = now
         self.outstanding: deque[Task] = deque()
         self.busy_since = 0.0
-        self.idle_since = time.monotonic()
+        self.idle_since = now
         self.kill_reason: str | None = None
         self.timed_out: Task | None = None  # the task it was killed for overrunning
         self.init_error: BaseException | None = None

@@ -118,7 +118,7 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
     """
     config = sup.config
     with sup.state_lock, sup.lock:
-        now = time.monotonic()
+        now = sup.clock()
         wall = time.time()
         queued_per_lane = sup.queue.lane_counts()
         rows = []

@@ -1,11 +1,42 @@
 """The supervisor: the one thread that owns every worker process of a pool.
 
-User threads never touch a worker (one narrow, locked exception: ``_send_direct_locked``).
-They append tasks to ``_incoming`` and poke a wake-up pipe; the supervisor waits on that pipe,
-on every worker's connection and process sentinel, and on the nearest deadline, and does all
+Data flow of one task (messages in :mod:`memwise.pool._protocol`)::
+
+    user thread                     supervisor thread                      worker process
+    -----------                     -----------------                      --------------
+    WorkerPool.submit
+      pickle (fn, args) -> Task
+      Supervisor.submit  --lock-->  incoming --_on_wake--> TaskQueue
+        |  (route key to a lane,                (priority; per-key FIFO
+        |   pin it; task_submitted)              pinned to a lane)
+        |                                            |
+        |                                dispatch.dispatch: claim, budget,
+        |                                  batch per READY worker ------Run------> run in order,
+        |                                  (worker.outstanding)                    ledger.begin
+        |                                            |                                  |
+        +-- direct path: an idle worker lent         |                                  |
+            to submitters (idle, under lock) --Run---+--------------------------------->|
+                                                                                        |
+                                   _on_readable <---------------------Done--------------+
+                                     _finish: outstanding.popleft, tally, recycle?
+                                     _complete: unpickle -> _results / set_exception
+                                   _resolve (after the round): future.set_result
+                                   deaths.on_exit (sentinel): fail, retry or re-queue
+                                     what the dead worker held; a new worker takes its lane
+
+User threads never touch a worker except through the direct path (``_send_direct_locked``),
+which only uses workers the supervisor lent in ``idle`` and takes back under ``lock`` before
+it uses, stops or forgets them (``reclaim_lent_workers``). The supervisor waits on the wake-up
+pipe, every worker's connection and process sentinel, and the nearest deadline, and does all
 the rest: start workers, dispatch tasks, collect results, notice deaths, enforce timeouts,
-recycle, restart. Having a single owner is what makes crash handling tractable: every case
-runs on one thread, in order. The cases themselves live in :mod:`memwise.pool.deaths`.
+recycle, restart, resize. Having a single owner is what makes crash handling tractable: every
+case runs on one thread, in order. The cases themselves live in :mod:`memwise.pool.deaths`.
+
+Locks, always taken in this order: ``state_lock`` (the supervisor holds it for each round of
+work, never while waiting; snapshots and ``resize`` take it to see or change state between
+rounds), then ``lock`` (what user threads share with the supervisor: ``incoming``, ``idle``,
+``closing``, ``broken``, and the lent workers). ``Lanes`` has a lock of its own, taken by
+futures' callbacks, so it is never held while a future is resolved.
 """
 
 from __future__ import annotations
@@ -17,7 +48,7 @@ import selectors
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +118,9 @@ class PoolConfig:
     trim: bool = False
     budget: MemoryBudget | None = None
     shm_threshold: int = _oob.DEFAULT_THRESHOLD
+    # Where every deadline is computed from (timeouts, idle, stealing, storms): injectable so
+    # that queue, dispatch and death handling can be tested without waiting.
+    clock: Callable[[], float] = time.monotonic
 
 
 class Supervisor:
@@ -94,27 +128,34 @@ class Supervisor:
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
+        self.clock = config.clock
         self._ctx = get_context(config.start_method)
         self.lock = threading.Lock()
-        # Guarded by lock: what user threads hand over, and READY workers with nothing to do
-        # lent to submitting threads by lane (see _send_direct_locked).
+        # --- under lock (any thread) ---
+        # Tasks handed over by submitting threads, not yet in ``queue``.
         self.incoming: deque[Task] = deque()
+        # READY workers with nothing to do, lent to submitting threads by lane. Only while
+        # ``queue`` and ``incoming`` are empty (nothing may be overtaken); cleared by the
+        # supervisor before it touches any worker, and by anything that queues a task.
         self.idle: dict[int, Worker] = {}
-        # The newest queued task of each coalesce tag (latest wins).
-        self.latest: dict[Hashable, Task] = {}
-        self._poked = False
-        self.closing = False
+        self._poked = False  # a byte is in the wake-up pipe
+        self.closing = False  # no new task is accepted; set once
         self._cancel_queued = False
         self._terminate: BaseException | None = None
-        self.broken: BaseException | None = None
+        self.broken: BaseException | None = None  # set once, by break_pool
+        # --- supervisor thread only, under state_lock ---
+        # The newest queued task of each coalesce tag (latest wins).
+        self.latest: dict[Hashable, Task] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         self.queue = TaskQueue()
+        # The process in each lane; a lane at or above ``lanes.count`` is draining. Every
+        # task sent to a worker is in its ``outstanding`` until its Done or its death.
         self.workers: dict[int, Worker] = {}
-        self.retiring: list[Worker] = []
+        self.retiring: list[Worker] = []  # left their lane; finish their tasks, then stop
         self.spares: list[Worker] = []  # processes started ahead, not yet in a lane (Recycle)
         self.failures: deque[float] = deque()
         self.service_time: float | None = None
@@ -219,7 +260,7 @@ class Supervisor:
         if self.events.subscriptions:
             task.announced = True
             self.task_event("task_started", task, worker, key=key_repr(task.key))
-        worker.busy_since = time.monotonic()
+        worker.busy_since = self.clock()
         worker.outstanding.append(task)
         if task.key is not None:
             worker.last_key = task.key
@@ -445,7 +486,7 @@ class Supervisor:
                 self.break_pool(error, cause=exc)
             else:
                 deaths.note_failure(self, error)
-                self._retry_start_at = time.monotonic() + START_RETRY_SECONDS
+                self._retry_start_at = self.clock() + START_RETRY_SECONDS
             return False
         return True
 
@@ -501,7 +542,7 @@ class Supervisor:
             child_conn.close()
             alive_r.close()
             forget_main_hint()
-        worker = Worker(lane, process, conn, alive_w, ledger)
+        worker = Worker(lane, process, conn, alive_w, ledger, self.clock())
         self.event("worker_started", lane=lane, pid=worker.pid)
         if lane == SPARE:
             self.spares.append(worker)
@@ -549,7 +590,7 @@ class Supervisor:
         if worker.state is State.STOPPING or worker.outstanding:
             return
         worker.state = State.STOPPING
-        worker.since = time.monotonic()
+        worker.since = self.clock()
         try:
             worker.channel.send(encode(Stop()))
         except OSError:
@@ -586,7 +627,7 @@ class Supervisor:
 
     def _enforce_deadlines(self) -> float | None:
         """Act on overdue workers; return the seconds until the next deadline (or None)."""
-        now = time.monotonic()
+        now = self.clock()
         nearest: float | None = None
         for worker in self.everyone():
             deadline = worker.deadline(self.config.init_timeout, self._idle_limit(worker))
@@ -633,7 +674,7 @@ class Supervisor:
         # computed: take the loans back and look again.
         self.reclaim_lent_workers()
         deadline = worker.deadline(self.config.init_timeout, self._idle_limit(worker))
-        if deadline is None or deadline > time.monotonic():
+        if deadline is None or deadline > self.clock():
             return
         if worker.state is State.STARTING:
             what = "its initializer did not finish" if self.config.init_payload else "not ready"
@@ -697,7 +738,7 @@ class Supervisor:
             self._on_done(worker, message)
         elif isinstance(message, Ready):
             worker.state = State.READY
-            worker.since = worker.idle_since = time.monotonic()
+            worker.since = worker.idle_since = self.clock()
             self.event("worker_ready", lane=worker.lane, pid=worker.pid)
             self._check_started()
         else:
@@ -738,7 +779,7 @@ class Supervisor:
         for gift in done.gifts:
             produced = worker.result_sizes
             produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, dispatch.RESTOCK_DEPTH)
-        now = time.monotonic()
+        now = self.clock()
         worker.busy_since = now
         worker.tasks_done += 1
         worker.private = private

@@ -46,6 +46,9 @@ class Storage(Protocol):
 
     def load(self, key: DataKey) -> Iterator[Chunk]: ...
 
+    def load_array(self, key: DataKey) -> np.ndarray:
+        """The whole product as one array (read-only; a memory map where the backend can)."""
+
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> Writer:
         """Streaming save of ``key``; call under :meth:`lock` after :meth:`clean`."""
 

@@ -167,6 +167,16 @@ class DirectoryStorage:
                 data = raw[entry["offset"] : entry["offset"] + size].view(dtype)
             yield Chunk(data, entry["start"], entry["end"], check=False)
 
+    def load_array(self, key: DataKey) -> np.ndarray:
+        """The whole product with no copy: chunks lie end to end in one file, so one map
+        covers them all; pages are read when first touched."""
+        metadata = self.metadata(key)
+        dtype = dtype_from_json(metadata["dtype"])
+        if not metadata["nbytes"]:
+            return np.zeros(0, dtype)
+        data = np.memmap(self.path(key) / DATA, dtype=dtype, mode="r")
+        return data.view(np.ndarray)
+
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> _DirectoryWriter:
         return _DirectoryWriter(self, key, metadata)
 

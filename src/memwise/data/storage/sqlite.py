@@ -10,6 +10,7 @@ the database (``<db>.locks/``), as for the directory backend.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -91,13 +92,15 @@ class SQLiteStorage:
         return f"SQLiteStorage({str(self.path)!r})"
 
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection (sqlite3 connections belong to one thread)."""
+        """This thread's connection (sqlite3 connections belong to one thread and one
+        process: a forked child opens its own)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
             db = sqlite3.connect(self.path, timeout=60.0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
+            self._local.pid = os.getpid()
         return db
 
     def close(self) -> None:
@@ -137,6 +140,18 @@ class SQLiteStorage:
             )
             data = np.frombuffer(row[0], dtype) if entry["n"] else np.zeros(0, dtype)
             yield Chunk(data, entry["start"], entry["end"], check=False)
+
+    def load_array(self, key: DataKey) -> np.ndarray:
+        datas = [c.data for c in self.load(key)]
+        if len(datas) == 1:
+            return datas[0]
+        whole = (
+            np.concatenate(datas)
+            if datas
+            else np.zeros(0, dtype_from_json(self.metadata(key)["dtype"]))
+        )
+        whole.flags.writeable = False  # as every backend's arrays: stored data is read-only
+        return whole
 
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> _SQLiteWriter:
         return _SQLiteWriter(self, key, metadata)

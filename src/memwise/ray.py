@@ -1,0 +1,220 @@
+"""The pool's backend on Ray: ``WorkerPool(..., backend="ray")``. The only module importing ray.
+
+Each worker lane is one Ray actor (:class:`LaneActor`) running one call at a time; the
+scheduling, keys, retries, timeouts, recycling and events are memwise's own
+(:mod:`memwise.pool.lanes`), so they behave as on the local pool. What Ray provides is the
+processes, wherever the cluster has room, and the transport: calls and results travel as Ray
+serializes them, large arrays through the object store (read-only on arrival, as memwise's
+own zero-copy views are). See docs/ray.md for what holds and what differs.
+
+``connect`` joins a running cluster (``address=`` or ``RAY_ADDRESS``) or starts a local one,
+on loopback unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+# Under ``uv run``, Ray would start its workers with ``uv run`` in a copy of the project, a
+# fresh environment without this one's packages (workers then die on ``import ray``): workers
+# of this very interpreter and environment are what a pool must get. Ray reads this on import.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import ray
+import ray.exceptions
+
+from memwise import _wire
+from memwise.errors import SerializationError
+from memwise.memory import private_memory, trim
+from memwise.pool.events import PoolEvent
+from memwise.pool.options import TaskOptions
+from memwise.pool.remote_lane import Outcome, Status
+from memwise.pool.remote_lanes import LaneConfig, LaneSupervisor, LaneTask
+from memwise.pool.snapshot import PoolSnapshot
+from memwise.pool.subscribers import Subscription
+
+__all__ = ["LOOPBACK_NODE_IP", "LaneActor", "RayBackend", "connect"]
+
+# Ray rewrites 127.0.0.1, ::1 and "localhost" to the machine's outward address (its
+# resolve_ip_for_localhost), so a node told to use 127.0.0.1 would talk over the network
+# interface. Any other address of the loopback range stays as given.
+LOOPBACK_NODE_IP = "127.0.0.2"
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
+    """Make sure this process is connected to a Ray cluster.
+
+    Already connected: nothing to do. Otherwise ``address`` (or ``RAY_ADDRESS``) names a
+    running cluster to join; without either a local cluster is started, bound to loopback,
+    with ``num_cpus`` CPUs (default: all). A cluster on a loopback address is joined as a
+    node of that address, so that the driver finds its local node there too.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address is None:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK_NODE_IP,
+            **options,
+        )
+        return
+    host = address.rsplit(":", 1)[0].removeprefix("ray://")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        options["_node_ip_address"] = host
+    ray.init(address=address, **options)
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)  # a sync actor runs one call at a time
+class LaneActor:
+    """One worker lane: runs calls one at a time, reporting its private memory after each."""
+
+    def __init__(self, trim_after: bool) -> None:
+        self._trim = trim_after
+
+    def ready(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> Any:
+        """Run the initializer; report (pid, node address), or what the initializer raised."""
+        if initializer is not None:
+            try:
+                initializer(*initargs)
+            except BaseException as exc:
+                return (Status.RAISED.value, _wire.dump_exception(exc), None)
+        return (Status.OK.value, (os.getpid(), ray.util.get_node_ip_address()), None)
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            result: Any = (Status.OK.value, fn(*args, **kwargs))
+        except BaseException as exc:
+            result = (Status.RAISED.value, _wire.dump_exception(exc))
+        if self._trim:
+            trim()
+        return (*result, private_memory())
+
+
+class _Transport:
+    """How :class:`LaneSupervisor` reaches Ray actors."""
+
+    def __init__(
+        self,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        trim_after: bool,
+        actor_options: dict[str, Any],
+    ) -> None:
+        self._init = (initializer, initargs)
+        self._trim = trim_after
+        # SPREAD puts lanes on different nodes while there are several.
+        self._actor_options = {"scheduling_strategy": "SPREAD", **actor_options}
+
+    def start(self, lane: int, notify: Callable[[], None]) -> tuple[Any, Any]:
+        handle = LaneActor.options(**self._actor_options).remote(self._trim)  # type: ignore[attr-defined]
+        return handle, _watched(handle.ready.remote(*self._init), notify)
+
+    def send(self, handle: Any, task: LaneTask, notify: Callable[[], None]) -> Any:
+        fn, args, kwargs = task.call
+        try:
+            token = handle.run.remote(fn, args, kwargs)
+        except Exception as exc:
+            raise SerializationError(
+                f"could not send {task}: {exc!r}; pass picklable values (module-level "
+                "functions, plain data, numpy arrays) or make the object picklable"
+            ) from exc
+        return _watched(token, notify)
+
+    def outcome(self, token: Any) -> Outcome:
+        try:
+            status, value, *rest = token.result(timeout=0)
+        except ray.exceptions.RayActorError as exc:
+            return Outcome(Status.DIED, detail=_death(exc))
+        except ray.exceptions.RayError as exc:
+            # The call never reached the function (its arguments could not be rebuilt on the
+            # worker, or its result could not be stored): this task fails alone.
+            return Outcome(Status.RAISED, SerializationError(f"{type(exc).__name__}: {exc}"))
+        if status == Status.RAISED.value:
+            return Outcome(Status.RAISED, _wire.load_exception(value), rest[0] if rest else None)
+        return Outcome(Status.OK, value, rest[0] if rest else None)
+
+    def kill(self, handle: Any) -> None:
+        if handle is not None:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:
+                pass  # already gone with its node, or the cluster is shutting down
+
+
+def _watched(ref: Any, notify: Callable[[], None]) -> Future[Any]:
+    """The call's result as a future (Ray fetches it once); ``notify`` when it is there."""
+    future = ref.future()
+    future.add_done_callback(lambda _: notify())
+    return future
+
+
+def _death(exc: BaseException) -> str:
+    """Ray's account of an actor's death, in one line: its exit type and the first sentences."""
+    text = " ".join(str(exc).split())
+    for marker in ("Worker exit type:", "The actor is dead because", "The actor died"):
+        if marker in text:
+            text = text[text.index(marker) :]
+            break
+    text = text.split(" Some common causes")[0]
+    return f"{type(exc).__name__}: {text[:240]}"
+
+
+class RayBackend:
+    """``PoolBackend`` on Ray actors (see :mod:`memwise.pool.backend`)."""
+
+    def __init__(
+        self,
+        config: LaneConfig,
+        *,
+        address: str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        trim: bool = False,
+        actor_options: dict[str, Any] | None = None,
+    ) -> None:
+        connect(address)
+        transport = _Transport(initializer, initargs, trim, dict(actor_options or {}))
+        self._supervisor = LaneSupervisor(config, transport, "memwise-ray")
+        self._supervisor.start()
+
+    @property
+    def workers(self) -> int:
+        return self._supervisor.workers
+
+    def submit(
+        self, options: TaskOptions, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> Future[Any]:
+        return self._supervisor.submit(options, (fn, args, kwargs))
+
+    def close(self, cancel_futures: bool) -> None:
+        self._supervisor.close(cancel_futures)
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._supervisor.join(timeout)
+
+    def terminate(self, error: BaseException) -> None:
+        self._supervisor.terminate(error)
+
+    def snapshot(self) -> PoolSnapshot:
+        return self._supervisor.snapshot()
+
+    def subscribe(self, callback: Callable[[PoolEvent], Any]) -> Subscription:
+        return self._supervisor.hub.subscribe(callback)
+
+    def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
+        self._supervisor.hub.unsubscribe(callback)
+
+    def resize(self, workers: int) -> None:
+        self._supervisor.resize(workers)
