@@ -11,6 +11,7 @@ import pytest
 import _contract_tasks as tasks
 from _tasks import WAIT, wait_until
 from memwise import WorkerPool, shared
+from memwise.errors import ClosedError
 from memwise.shared import SlotPool
 from memwise.shared._names import current_owner, list_segments, parse
 from memwise.shared._sizes import size_class
@@ -74,3 +75,11 @@ def test_the_last_pool_to_shut_down_leaves_no_segment():
         assert _segments_of_this_process()  # warm slots while the pool works
     assert free_bytes(shared.default_pool()) == 0
     assert _segments_of_this_process() == []
+
+
+def test_a_large_argument_refused_by_a_shut_down_pool_leaves_no_slot_in_use():
+    pool = WorkerPool(1)
+    pool.shutdown()
+    with pytest.raises(ClosedError):
+        pool.submit(tasks.negate, np.ones(MiB))  # 8 MiB: copied into a slot before refusal
+    assert shared.default_pool().stats().in_use_bytes == 0

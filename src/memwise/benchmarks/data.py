@@ -148,7 +148,7 @@ def _targets(
         "cold MB/s vs strax's best setting": at_least(cold, TARGET_COLD, "x"),
         "reload MB/s vs strax's best setting": at_least(reload, 1, "x"),
         "peak PSS vs strax's lowest setting": at_most(memory, 1, "x"),
-        "same peaks as strax (1 = identical)": exactly(same, 1),
+        "peaks and peak_basics identical in every system (1 = yes)": exactly(same, 1),
     }
 
 
@@ -349,7 +349,7 @@ class _Strax:
         pass
 
 
-def print_table(result: DataResult, console: Console | None = None) -> None:
+def print_table(result: TargetedResult, console: Console | None = None) -> None:
     """Figures, memwise (processes) ÷ each system, and the issue's targets."""
     console = console or Console()
     print_result(result, METRICS, SUBJECT, console)

@@ -273,7 +273,12 @@ class WorkerPool(Executor):
             memory=memory,
             outgoing=outgoing if outgoing.handles else None,
         )
-        self._supervisor.submit(task)
+        try:
+            self._supervisor.submit(task)
+        except BaseException:
+            # Refused (closed or broken pool): nothing will ever read the arguments' slots.
+            outgoing.release()
+            raise
         return future
 
     def map(
