@@ -349,7 +349,7 @@ class _Strax:
         pass
 
 
-def print_table(result: TargetedResult, console: Console | None = None) -> None:
+def print_table(result: DataResult, console: Console | None = None) -> None:
     """Figures, memwise (processes) ÷ each system, and the issue's targets."""
     console = console or Console()
     print_result(result, METRICS, SUBJECT, console)
