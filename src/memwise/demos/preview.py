@@ -33,8 +33,8 @@ from rich.table import Table
 from memwise import shared
 from memwise.actors import Actor, spawn
 from memwise.demos import Scenario
-from memwise.demos._negative import DENSITY_RANGE, DRAG, ORANGE_MASK, NegativePreview, slider
-from memwise.demos._samples import load_rgb
+from memwise.demos.negative import DENSITY_RANGE, DRAG, ORANGE_MASK, NegativePreview, slider
+from memwise.demos.samples import load_rgb
 from memwise.errors import TaskTimeout
 from memwise.memory import private_memory, trim
 from memwise.sessions import Sessions
