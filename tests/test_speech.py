@@ -230,6 +230,24 @@ def test_http_bad_input(url):
     assert bad_mode.status_code == 400 and "mode must be one of" in bad_mode.json()["message"]
 
 
+def test_other_sites_and_rebound_host_names_are_refused(url):
+    from websockets.exceptions import InvalidStatus
+    from websockets.typing import Origin
+
+    with pytest.raises(InvalidStatus, match="403"):
+        connect(ws_url(url), origin=Origin("https://evil.example"), open_timeout=WAIT)
+    rebound = httpx.post(
+        f"{url}/transcribe",
+        content=audio.wav_bytes(bytes(3200)),
+        headers={"Host": "rebound.example"},
+        timeout=WAIT,
+    )
+    assert rebound.status_code == 421
+    with connect(ws_url(url), origin=Origin(url), open_timeout=WAIT) as ws:
+        ws.send(json.dumps({"type": "nonsense"}))
+        assert json.loads(ws.recv(timeout=WAIT))["type"] == "error"
+
+
 def test_the_dashboard_and_metrics_are_served_beside_the_api(url):
     assert httpx.get(f"{url}/healthz", timeout=WAIT).status_code == 200
     metrics = httpx.get(f"{url}/metrics", timeout=WAIT)

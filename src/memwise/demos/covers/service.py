@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from memwise.demos.covers.render import check_request, render_cover
 from memwise.errors import MemoryBudgetExceeded, MemwiseError
 from memwise.memory import trim
+from memwise.server.guard import LOOPBACK_HOSTS, Guard
 
 if TYPE_CHECKING:
     from memwise.pool.api import WorkerPool
@@ -47,6 +48,7 @@ DEFAULT_PHOTOS = (
 RENDER_MEMORY = "40 MiB"  # reserved per render: its measured rise (~30 MiB), rounded up
 RETRY_AFTER_S = 2
 HEAVY = ("numpy", "PIL")
+MAX_BODY = 64 * 1024  # every route is a GET: no request needs a body
 
 
 def create_app(
@@ -54,7 +56,7 @@ def create_app(
     render_memory: int | str = RENDER_MEMORY,
     *,
     dashboard: bool = False,
-) -> Router:
+) -> Guard:
     """The ASGI app; renders go to the pool ``make_pool()`` builds, or, with None, to this
     process's threads.
 
@@ -64,7 +66,9 @@ def create_app(
     at ``/memwise/``; that costs the idle service about 2 MiB more (31.8 MiB RSS against
     29.6 measured), past the seed's 30 MB, which is why it is not the default. A bare
     Starlette ``Router``: the ``Starlette`` class adds middleware this service does not use,
-    and their imports cost idle memory. On shutdown the pool is shut down.
+    and their imports cost idle memory. On shutdown the pool is shut down. Guarded for
+    loopback: requests must name a loopback host, so no web page can reach it by DNS
+    rebinding.
     """
     rendering = 0
     pool: WorkerPool | None = None
@@ -125,7 +129,12 @@ def create_app(
         from memwise.server import create_app as dashboard_app
 
         routes.append(Mount("/memwise", app=dashboard_app(_pool())))
-    return Router(routes, lifespan=lifespan)
+    return Guard(
+        Router(routes, lifespan=lifespan),
+        token=None,
+        allowed_hosts=LOOPBACK_HOSTS,
+        max_body=MAX_BODY,
+    )
 
 
 def _error(status: int, kind: str, message: str, retry_after: int | None = None) -> Response:

@@ -41,6 +41,7 @@ from memwise.demos.speech.segments import SegmentResult, owned_words
 from memwise.demos.speech.service import FileJob, SpeechService
 from memwise.errors import InvalidAudio, MemwiseError, ProtocolError, TranscriptionFailed
 from memwise.server import create_app
+from memwise.server.guard import LOOPBACK_HOSTS, Guard
 
 MiB = 1024 * 1024
 MAX_MESSAGE_BYTES = 1 * MiB  # one WebSocket frame: about 30 s of audio
@@ -50,8 +51,13 @@ MAX_TASK_ID = 128
 _DISCONNECT_POLL_S = 0.25
 
 
-def create_speech_app(service: SpeechService) -> Starlette:
-    """The API above, bound to a running service (which the caller owns and closes)."""
+def create_speech_app(service: SpeechService) -> Guard:
+    """The API above, bound to a running service (which the caller owns and closes).
+
+    Served on loopback only, and guarded as such: requests and WebSockets must name a loopback
+    host (no DNS rebinding) and a WebSocket from a browser must come from a loopback page (no
+    cross-site WebSocket hijacking).
+    """
 
     async def transcribe(request: Request) -> JSONResponse:
         return await _transcribe(service, request)
@@ -71,7 +77,7 @@ def create_speech_app(service: SpeechService) -> Starlette:
             }
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/transcribe", transcribe, methods=["POST"]),
             WebSocketRoute("/stream", stream),
@@ -80,6 +86,8 @@ def create_speech_app(service: SpeechService) -> Starlette:
             Mount("/", app=create_app(service.pool)),
         ]
     )
+    # The body limit here is a backstop: /transcribe answers its own 413 past MAX_BODY_BYTES.
+    return Guard(app, token=None, allowed_hosts=LOOPBACK_HOSTS, max_body=2 * MAX_BODY_BYTES)
 
 
 def _error(exc: BaseException, task: str | None = None) -> dict[str, Any]:
