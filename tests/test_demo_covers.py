@@ -19,6 +19,7 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.timeout(120)
 LOCAL = "http://127.0.0.1"  # the service answers loopback host names only
+WAIT_EXIT = 30.0
 
 
 @pytest.mark.parametrize(
@@ -93,3 +94,13 @@ def test_the_service_refuses_a_host_name_that_is_not_loopback():
     assert refused.status_code == 421 and "loopback" in refused.json()["error"]
     with TestClient(create_app(None), base_url=LOCAL) as client:
         assert client.get("/healthz").status_code == 200
+
+
+def test_an_open_dashboard_event_stream_does_not_hold_the_service_shutdown():
+    with measure.running_service(measure.SHORT, "--dashboard") as service:
+        measure.wait_ready(service)
+        with service.client.stream("GET", "/memwise/api/events") as events:
+            chunks = events.iter_bytes()  # kept: a dropped iterator closes the connection
+            assert next(chunks).startswith(b"retry:")
+            service.process.terminate()
+            service.process.wait(WAIT_EXIT)  # raises TimeoutExpired if the stream holds it

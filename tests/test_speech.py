@@ -248,6 +248,18 @@ def test_other_sites_and_rebound_host_names_are_refused(url):
         assert json.loads(ws.recv(timeout=WAIT))["type"] == "error"
 
 
+def test_an_open_event_stream_does_not_hold_the_server_shutdown(service):
+    with httpx.Client(timeout=WAIT) as client:
+        with serving(service) as base:
+            request = client.build_request("GET", f"{base}/api/events")
+            events = client.send(request, stream=True)
+            chunks = events.iter_bytes()  # kept: a dropped iterator closes the connection
+            assert next(chunks).startswith(b"retry:")
+        # serving() returned with the stream still open: the server ended it.
+        assert b"".join(chunks) == b""
+        events.close()
+
+
 def test_the_dashboard_and_metrics_are_served_beside_the_api(url):
     assert httpx.get(f"{url}/healthz", timeout=WAIT).status_code == 200
     metrics = httpx.get(f"{url}/metrics", timeout=WAIT)

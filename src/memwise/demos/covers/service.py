@@ -47,6 +47,7 @@ DEFAULT_PHOTOS = (
 )
 RENDER_MEMORY = "40 MiB"  # reserved per render: its measured rise (~30 MiB), rounded up
 RETRY_AFTER_S = 2
+GRACE_S = 3
 HEAVY = ("numpy", "PIL")
 MAX_BODY = 64 * 1024  # every route is a GET: no request needs a body
 
@@ -72,6 +73,7 @@ def create_app(
     """
     rendering = 0
     pool: WorkerPool | None = None
+    streams: list[Any] = []  # the mounted dashboard's broadcaster, if any
 
     async def cover(request: Request) -> Response:
         nonlocal rendering
@@ -121,6 +123,9 @@ def create_app(
         try:
             yield
         finally:
+            # Starlette does not run a mounted app's lifespan: the dashboard's streams end here.
+            for broadcaster in streams:
+                broadcaster.close()
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, True, cancel_futures=True, timeout=5.0)
 
@@ -128,7 +133,9 @@ def create_app(
     if dashboard and make_pool is not None:
         from memwise.server import create_app as dashboard_app
 
-        routes.append(Mount("/memwise", app=dashboard_app(_pool())))
+        dashboard_asgi = dashboard_app(_pool())
+        streams.append(dashboard_asgi.state.broadcaster)
+        routes.append(Mount("/memwise", app=dashboard_asgi))
     return Guard(
         Router(routes, lifespan=lifespan),
         token=None,
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         http="h11",
         ws="none",
         log_level="warning",
+        # An open dashboard event stream gets this long once stopping, then it is cut off.
+        timeout_graceful_shutdown=GRACE_S,
     )
     sockets: Any = None if args.fd is None else [socket.socket(fileno=args.fd)]
     uvicorn.Server(config).run(sockets=sockets)
