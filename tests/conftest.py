@@ -38,39 +38,58 @@ def _session_helper_pids() -> set[int]:
     return pids
 
 
-def _marked(pid: int) -> bool:
+def _read(path: str) -> bytes:
     try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            return _MARKER_BYTES in environ.read().split(b"\0")
-    except OSError:  # gone, a zombie (no environment left), or not ours to read
-        return False
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:  # gone, or not ours to read
+        return b""
+
+
+def _stat_fields(pid: int | str) -> list[bytes]:
+    """Fields of /proc/<pid>/stat after the command name: state, ppid, ... starttime at 19."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+# Processes that started before the session are not its own: their environments are not read.
+_SESSION_START = int(_stat_fields("self")[19]) if os.path.isdir("/proc/self") else 0
+
+
+def _marked(pid: int) -> bool:
+    return _MARKER_BYTES in _read(f"/proc/{pid}/environ").split(b"\0")
 
 
 def session_processes() -> dict[int, str]:
     """Every live process of this session but this one and the helpers, plus unreaped
-    (zombie) descendants: by the marker on Linux, by descent elsewhere."""
+    (zombie) children of the session: by the marker on Linux, by descent elsewhere.
+
+    Reads /proc directly, and the environment only of processes started since this session
+    began: it runs around every test.
+    """
     me = os.getpid()
     helpers = _session_helper_pids()
     found = {}
-    candidates = (
-        psutil.process_iter()
-        if os.path.isdir("/proc/self")
-        else psutil.Process().children(recursive=True)
-    )
-    for process in candidates:
-        try:
-            if process.pid == me or process.pid in helpers:
-                continue
-            if process.status() == psutil.STATUS_ZOMBIE:
-                parent = process.ppid()
-                if parent == me or parent in _session_pids:
-                    found[process.pid] = f"zombie of {parent} (never reaped)"
-                continue
-            if os.path.isdir("/proc/self") and not _marked(process.pid):
-                continue
-            found[process.pid] = " ".join(process.cmdline())[:120]
-        except psutil.Error:
+    if not os.path.isdir("/proc/self"):
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.pid not in helpers and child.status() != psutil.STATUS_ZOMBIE:
+                    found[child.pid] = " ".join(child.cmdline())[:120]
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in helpers or int(entry) == me:
             continue
+        pid = int(entry)
+        fields = _stat_fields(pid)
+        if len(fields) < 20 or int(fields[19]) < _SESSION_START:
+            continue  # gone, or started before this session: not ours
+        if fields[0] == b"Z":
+            parent = int(fields[1])
+            if parent == me or parent in _session_pids:
+                found[pid] = f"zombie of {parent} (never reaped)"
+        elif _marked(pid):
+            command = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ")
+            found[pid] = command.decode(errors="replace")[:120]
     _session_pids.update(found)
     return found
 

@@ -56,6 +56,15 @@ def test_is_an_executor_and_submit_returns_a_future(pool):
     assert future.done() and not future.cancelled() and future.exception() is None
 
 
+def test_submit_passes_every_keyword_to_the_function(pool):
+    # Including the names of memwise's own per-task options, which go through options().
+    names = {"key": 1, "timeout": 2, "priority": 3, "coalesce": 4, "memory": 5}
+    assert pool.submit(_tasks.keywords, **names).result(WAIT) == names
+    assert pool.options(timeout=WAIT).submit(_tasks.keywords, timeout=5).result(WAIT) == {
+        "timeout": 5
+    }
+
+
 def test_done_callbacks_run_once_with_the_future(pool):
     seen: list[Future] = []
     future = pool.submit(_tasks.square, 4)
@@ -158,31 +167,25 @@ def test_a_done_future_dropped_by_the_caller_is_freed(pool):
 # -- shutdown --------------------------------------------------------------------------------
 
 
-def test_shutdown_cancel_futures_cancels_only_what_has_not_started(method, tmp_path):
-    started, release = tmp_path / "started", tmp_path / "release"
-    pool = WorkerPool(1, start_method=method)
-    running = pool.submit(_tasks.block, started, release)
-    _tasks.wait_for(started)
+def test_shutdown_cancel_futures_cancels_only_the_unstarted(pool, tmp_path):
+    # The last tests on the shared pool (its context manager's shutdown then does nothing).
+    futures = [pool.submit(_tasks.sleep_then, x, 0.01) for x in range(6)]
+    running = [pool.submit(_tasks.block, tmp_path / f"{n}.pid", tmp_path / "go") for n in (1, 2)]
+    for n in (1, 2):
+        _tasks.wait_for(tmp_path / f"{n}.pid")  # both workers busy, for good
+    assert not wait(futures, timeout=WAIT).not_done
     queued = [pool.submit(_tasks.square, x) for x in range(5)]
     assert not any(f.running() or f.done() for f in queued)
     pool.shutdown(wait=False, cancel_futures=True)
-    # Before the running task ends, not when a worker would have freed up for them.
+    # Before the running tasks end, not when a worker would have freed up for them.
     assert _tasks.wait_until(lambda: all(f.cancelled() for f in queued))
-    assert not running.done()
+    assert not any(f.done() for f in running)
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.submit(_tasks.square, 1)
-    _tasks.write_atomic(release, "")
-    pool.shutdown(wait=True)  # a second call is harmless; it waits for the running task
-    assert running.done() and isinstance(running.result(), int)
-    pool.shutdown()
-
-
-def test_shutdown_waits_for_pending_futures(pool):
-    # Last test on the shared pool: its context manager's shutdown(wait=True) ends it anyway.
-    futures = [pool.submit(_tasks.sleep_then, x, 0.01) for x in range(6)]
-    pool.shutdown(wait=True)
-    assert all(f.done() for f in futures)
-    assert [f.result() for f in futures] == list(range(6))
+    _tasks.write_atomic(tmp_path / "go", "")
+    pool.shutdown(wait=True)  # a second call is harmless; it waits for the running tasks
+    assert all(isinstance(f.result(0), int) for f in running)
+    assert [f.result(0) for f in futures] == list(range(6))
 
 
 # -- a worker killed during map --------------------------------------------------------------

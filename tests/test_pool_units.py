@@ -78,6 +78,7 @@ def make_supervisor():
             max_workers=options.pop("workers", 2),
             min_workers=0,
             init_payload=None,
+            start_initargs=None,
             init_timeout=60.0,
             retries=options.pop("retries", 0),
             start_method=None,

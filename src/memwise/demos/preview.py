@@ -223,10 +223,18 @@ def run(*, short: bool, console: Console) -> Scenario:
             for mode in ("auto", "never")
         ]
     left = shared.owned_segments()
-    return report(sessions, left, console)
+    return report(sessions, left, console, gate_growth=not short)
 
 
-def report(sessions: list[Session], left: list[str] | None, console: Console) -> Scenario:
+def report(
+    sessions: list[Session], left: list[str] | None, console: Console, *, gate_growth: bool
+) -> Scenario:
+    """Print memory per switch, latencies and checks; the scenario's verdict.
+
+    ``gate_growth``: whether growth per switch decides the verdict. A short session has too
+    few switches after warm-up (where the actor restarts of the kill and the hang fall) for a
+    slope of a few points to separate growth from noise; it is then reported, not judged.
+    """
     """Print memory per switch, latencies and checks; the scenario's verdict."""
     processes, threads = sessions
     table = Table(title="private memory after each switch, MiB")
@@ -267,10 +275,15 @@ def report(sessions: list[Session], left: list[str] | None, console: Console) ->
             s.hang.startswith("timed out") for s in sessions
         ),
         "/dev/shm empty at exit": not left,
-        f"processes: app growth <= {MAX_GROWTH_MIB_PER_SWITCH:g} MiB/switch": (
-            processes.app_growth <= MAX_GROWTH_MIB_PER_SWITCH
-        ),
     }
+    if gate_growth:
+        checks[f"processes: app growth <= {MAX_GROWTH_MIB_PER_SWITCH:g} MiB/switch"] = (
+            processes.app_growth <= MAX_GROWTH_MIB_PER_SWITCH
+        )
+    else:
+        console.print(
+            "growth per switch is judged at full size (memwise demo preview: 20 switches)"
+        )
     for session in sessions:
         for failure in session.failures:
             console.print(f"[red]{session.isolation}: {failure}")

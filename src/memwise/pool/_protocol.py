@@ -10,8 +10,9 @@ supervisor know which task a worker was running when it died: the oldest one wit
 ``Done``. Shared-memory slot handles (``TaskEntry.handles``, ``Run.restock``, ``Done.gifts``,
 ``Done.returns``) are explained in :mod:`memwise._oob`.
 
-The classes are named tuples: they pickle nearly as compactly and quickly as the bare tuples
-they replace, and this module imports only the standard library, since workers preload it.
+The classes are named tuples, sent as plain tuples led by a tag (see :func:`encode`); this
+module imports only the standard library and memwise's light ``_wire``, since workers preload
+it.
 """
 
 from __future__ import annotations
@@ -89,11 +90,28 @@ class Done(NamedTuple):
     peak: int | None  # the task's peak memory rise, when asked for
 
 
-def encode(message: NamedTuple) -> bytes:
-    """A message as sent down the pipe."""
-    return pickle.dumps(message, _wire.PROTOCOL)
+_CLASSES: tuple[type, ...] = (Init, Run, Stop, Ready, InitError, Done)
+_TAGS = {cls: tag for tag, cls in enumerate(_CLASSES)}
+_new = tuple.__new__
+
+
+def encode(message: Any) -> bytes:
+    """A message as sent down the pipe: a plain tuple led by the class's tag.
+
+    Pickling named tuples as such costs several times more than plain tuples (a class
+    reference and a Python-level constructor call each way, per task), so they travel plain.
+    """
+    if type(message) is Run:
+        tasks = [tuple(entry) for entry in message.tasks]
+        return pickle.dumps((_TAGS[Run], tasks, message.restock, message.epoch), _wire.PROTOCOL)
+    return pickle.dumps((_TAGS[type(message)], *message), _wire.PROTOCOL)
 
 
 def decode(data: bytes | bytearray) -> Any:
     """A message as received (one of the classes above)."""
-    return pickle.loads(data)
+    plain = pickle.loads(data)
+    cls = _CLASSES[plain[0]]
+    if cls is Run:
+        tasks = [_new(TaskEntry, entry) for entry in plain[1]]
+        return _new(Run, (tasks, plain[2], plain[3]))
+    return _new(cls, plain[1:])
