@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from memwise.observe.stages import named, stage_rows
 from memwise.pipeline import ItemError, Pipeline
 
 WAIT = 30.0
@@ -247,6 +248,8 @@ def test_snapshot_names_the_dashboard_reads() -> None:
         assert key in stage
     assert stage["name"] == "s1" and stage["done"] == 10 and stage["errors"] == stage["drops"] == 0
     assert data["name"] == "line" and data["delivered"] == 10
+    rows = stage_rows(named([line]))  # what the dashboard and the metrics read
+    assert rows[0]["name"] == "line" and rows[0]["stages"][0]["done"] == 10
 
 
 def test_misuse_is_refused_clearly() -> None:

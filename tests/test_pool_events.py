@@ -14,7 +14,7 @@ import pytest
 import _tasks
 from _tasks import WAIT, wait_until
 from memwise import WorkerPool
-from memwise.errors import TaskTimeout, WorkerCrashed
+from memwise.errors import ClosedError, TaskTimeout, WorkerCrashed
 from memwise.pool.events import PoolEvent
 from memwise.pool.subscribers import EventHub
 
@@ -224,3 +224,12 @@ def test_a_worker_kill_is_logged_with_pid_signal_and_task(caplog, tmp_path):
 def test_the_library_installs_no_log_handler():
     assert logging.getLogger("memwise").handlers == []
     assert logging.getLogger("memwise.pool.deaths").handlers == []
+
+
+def test_subscribe_after_shutdown_is_refused_and_starts_no_thread():
+    pool = WorkerPool(1)
+    pool.shutdown()
+    before = threading.active_count()
+    with pytest.raises(ClosedError, match="shut down"):
+        pool.subscribe(lambda event: None)
+    assert threading.active_count() == before

@@ -10,6 +10,7 @@ import pytest
 import _policy_tasks
 from _tasks import WAIT, is_gone, read_pid, wait_until, write_atomic
 from memwise import WorkerPool
+from memwise.errors import ClosedError
 from memwise.pool.queue import lane_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -124,5 +125,5 @@ def test_resize_rejects_nonsense():
         for bad in (0, -1, 1.5, True):
             with pytest.raises(ValueError, match="at least 1"):
                 pool.resize(bad)
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(ClosedError, match="shut down"):
         pool.resize(2)

@@ -14,7 +14,7 @@ from _tasks import WAIT
 from memwise import WorkerPool
 
 pytestmark = [
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(420),
     pytest.mark.skipif(not _ray.installed(), reason="Ray is not installed (the 'ray' extra)"),
 ]
 

@@ -238,6 +238,29 @@ def test_resizing_needs_the_token_even_on_loopback_and_checks_its_body():
             )
             assert (status, body) == (200, {"workers": 2})
             assert get_json(url, "/api/snapshot", headers=auth)[1]["max_workers"] == 2
+            pool.shutdown()
+            status, body = get_json(
+                url, "/api/resize", method="POST", body=b'{"workers": 3}', headers=auth
+            )
+            assert status == 409 and "shut down" in body["error"], (status, body)
+
+
+class _FailingPipeline:
+    """A pipeline whose snapshot fails with a message that must not reach a client."""
+
+    name = "failing"
+
+    def snapshot(self):
+        raise ValueError("secret detail /home/user/data.npy")
+
+
+def test_a_server_error_answers_500_without_the_detail_and_logs_it(caplog):
+    failing = _FailingPipeline()
+    with WorkerPool(1) as pool, serving(pool, pipelines={"failing": failing}) as url:
+        status, body = get_json(url, "/api/snapshot")
+    assert status == 500
+    assert body == {"error": "internal error; see the server log"}
+    assert "secret detail" in caplog.text
 
 
 def test_the_console_view_draws_an_in_process_pool(shared_pool):
@@ -251,3 +274,15 @@ def test_the_console_view_draws_an_in_process_pool(shared_pool):
     assert "pool under test" in text and "running" in text
     for worker in shared_pool.snapshot().workers:
         assert str(worker.pid) in text
+
+
+def test_the_remote_console_source_ignores_proxy_settings(shared_pool, monkeypatch):
+    from memwise.observe.console import remote
+
+    # A proxy that answers nothing: a request sent through it (with the token) would fail.
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with serving(shared_pool, token="k3y") as url:
+        assert remote(url, token="k3y")()["state"] == "running"

@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import _contract_tasks as tasks
 from _tasks import WAIT, wait_until
+from memwise import WorkerPool, shared
+from memwise.errors import ClosedError
 from memwise.shared import SlotPool
 from memwise.shared._sizes import size_class
 
@@ -62,23 +66,18 @@ def test_free_slots_are_unlinked_after_the_idle_period_without_any_call():
 LAST_POOL = """
 import numpy as np
 from memwise import WorkerPool, shared
-from memwise.shared._names import current_owner, list_segments, parse
 
 def negate(array):
     return -array
-
-def mine():
-    me = current_owner()
-    return [name for name in list_segments() or () if (p := parse(name)) and p.owner == me]
 
 if __name__ == "__main__":
     array = np.ones(1024 * 1024)  # 8 MiB: travels through slots both ways
     with WorkerPool(2) as pool:
         for _ in range(6):
             assert pool.submit(negate, array).result(30)[0] == -1.0
-        assert mine()  # warm slots while the pool works
+        assert shared.owned_segments()  # warm slots while the pool works
     stats = shared.default_pool().stats()
-    print(stats.bytes - stats.in_use_bytes, len(mine()))
+    print(stats.bytes - stats.in_use_bytes, len(shared.owned_segments() or []))
 """
 
 
@@ -91,3 +90,11 @@ def test_the_last_pool_to_shut_down_leaves_no_segment(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["0", "0"]  # no free bytes, no segment
+
+
+def test_a_large_argument_refused_by_a_shut_down_pool_leaves_no_slot_in_use():
+    pool = WorkerPool(1)
+    pool.shutdown()
+    with pytest.raises(ClosedError):
+        pool.submit(tasks.negate, np.ones(MiB))  # 8 MiB: copied into a slot before refusal
+    assert shared.default_pool().stats().in_use_bytes == 0

@@ -41,9 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-from memwise.benchmarks._harness import BenchResult, Figures, Metric, print_result, ratios_against
+from memwise.benchmarks._harness import (
+    Figures,
+    Metric,
+    Target,
+    TargetedResult,
+    at_least,
+    at_most,
+    print_result,
+    print_targets,
+    ratios_against,
+)
 from memwise.memory import usage_tree
 
 __all__ = ["METRICS", "SYSTEMS", "print_table", "run"]
@@ -81,13 +90,7 @@ QUICK = Sizes(chunks=8, records_per_chunk=20_000)  # about 38 MB
 WARM = Sizes(chunks=2, records_per_chunk=2_000)  # a chunk for each worker
 
 
-class DataResult(BenchResult):
-    """``BenchResult`` plus the targets the issue names, computed from this run."""
-
-    targets: dict[str, dict[str, Any]]
-
-
-def run(quick: bool = False) -> DataResult:
+def run(quick: bool = False) -> TargetedResult:
     """Measure every system, each in fresh processes; skip strax when it is not installed."""
     sizes = QUICK if quick else FULL
     results: dict[str, Figures] = {}
@@ -112,7 +115,7 @@ def run(quick: bool = False) -> DataResult:
     }
 
 
-def _targets(results: dict[str, Figures], digests: dict[str, str]) -> dict[str, dict[str, Any]]:
+def _targets(results: dict[str, Figures], digests: dict[str, str]) -> dict[str, Target]:
     """Best setting against best setting: memwise's fastest cold setting against strax's
     fastest, and that same memwise setting's peak PSS against strax's lowest."""
     strax = {n: f for n, f in results.items() if n.startswith("strax")}
@@ -127,24 +130,10 @@ def _targets(results: dict[str, Figures], digests: dict[str, str]) -> dict[str, 
     memory = mine[best]["peak_pss_mb"] / min(f["peak_pss_mb"] for f in strax.values())
     same = len({digests[n] for n in results}) == 1
     return {
-        "cold MB/s vs strax's best setting": {
-            "value": round(cold, 3),
-            "target": f">= {TARGET_COLD}x",
-            "met": cold >= TARGET_COLD,
-            "memwise_setting": best,
-        },
-        "reload MB/s vs strax's best setting": {
-            "value": round(reload, 3),
-            "target": ">= 1x",
-            "met": reload >= 1.0,
-        },
-        "peak PSS vs strax's lowest setting": {
-            "value": round(memory, 3),
-            "target": "<= 1x",
-            "met": memory <= 1.0,
-            "memwise_setting": best,
-        },
-        "same peaks as strax": {"value": same, "target": "identical", "met": same},
+        f"cold MB/s, {best} vs strax's best setting": at_least(cold, TARGET_COLD, "x"),
+        "reload MB/s, memwise's best vs strax's best setting": at_least(reload, 1.0, "x"),
+        f"peak PSS, {best} vs strax's lowest setting": at_most(memory, 1.0, "x"),
+        "peaks and peak_basics identical in every system (1 = yes)": at_least(float(same), 1.0),
     }
 
 
@@ -345,21 +334,10 @@ class _Strax:
         pass
 
 
-def print_table(result: DataResult, console: Console | None = None) -> None:
+def print_table(result: TargetedResult, console: Console | None = None) -> None:
     """Figures, memwise (processes) ÷ each system, and the issue's targets."""
     console = console or Console()
     print_result(result, METRICS, SUBJECT, console)
     if not result["targets"]:
         console.print("[yellow]targets not checked[/]: memwise or strax has no figures")
-        return
-    table = Table(title="targets")
-    for column in ("what", "value", "target", "met"):
-        table.add_column(column)
-    for what, target in result["targets"].items():
-        value = target["value"]
-        shown = f"{value:.2f}x" if isinstance(value, float) else str(value)
-        if "memwise_setting" in target:
-            what = f"{what} ({target['memwise_setting']})"
-        mark = "[green]yes[/]" if target["met"] else "[red]no[/]"
-        table.add_row(what, shown, target["target"], mark)
-    console.print(table)
+    print_targets(result["targets"], console)

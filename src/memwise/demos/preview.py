@@ -33,10 +33,10 @@ from rich.table import Table
 from memwise import shared
 from memwise.actors import Actor, spawn
 from memwise.demos import Scenario
-from memwise.demos._negative import DENSITY_RANGE, DRAG, ORANGE_MASK, NegativePreview, slider
-from memwise.demos._samples import load_rgb
+from memwise.demos.negative import DENSITY_RANGE, DRAG, ORANGE_MASK, NegativePreview, slider
+from memwise.demos.samples import load_rgb
 from memwise.errors import TaskTimeout
-from memwise.memory import private_memory, trim
+from memwise.memory import private_memory_of, trim
 from memwise.sessions import Sessions
 
 PROXY_SIDE = 2000
@@ -97,16 +97,6 @@ def _slope(values: list[float]) -> float:
     return statistics.linear_regression(range(len(values)), values).slope
 
 
-def _private_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            total += private_memory(pid)
-        except ProcessLookupError:  # closed between listing and measuring
-            continue
-    return total / MiB
-
-
 def run_session(
     isolation: str, proxies: dict[str, Any], switches: int, advance: Any = None
 ) -> Session:
@@ -134,9 +124,11 @@ def run_session(
             if index == hang_at:
                 _hang(session, actor, proxy)
             trim()  # as the application would after a switch: what stays is really held
-            session.app_mib.append(_private_mib([os.getpid()]))
+            session.app_mib.append(private_memory_of([os.getpid()]) / MiB)
             pids = [actor.pid for actor in opened]
-            session.workers_mib.append(_private_mib([pid for pid in pids if pid is not None]))
+            session.workers_mib.append(
+                private_memory_of(pid for pid in pids if pid is not None) / MiB
+            )
             if advance is not None:
                 advance()
     return session
@@ -223,10 +215,18 @@ def run(*, short: bool, console: Console) -> Scenario:
             for mode in ("auto", "never")
         ]
     left = shared.owned_segments()
-    return report(sessions, left, console)
+    return report(sessions, left, console, gate_growth=not short)
 
 
-def report(sessions: list[Session], left: list[str] | None, console: Console) -> Scenario:
+def report(
+    sessions: list[Session], left: list[str] | None, console: Console, *, gate_growth: bool
+) -> Scenario:
+    """Print memory per switch, latencies and checks; the scenario's verdict.
+
+    ``gate_growth``: whether growth per switch decides the verdict. A short session has too
+    few switches after warm-up (where the actor restarts of the kill and the hang fall) for a
+    slope of a few points to separate growth from noise; it is then reported, not judged.
+    """
     """Print memory per switch, latencies and checks; the scenario's verdict."""
     processes, threads = sessions
     table = Table(title="private memory after each switch, MiB")
@@ -267,10 +267,15 @@ def report(sessions: list[Session], left: list[str] | None, console: Console) ->
             s.hang.startswith("timed out") for s in sessions
         ),
         "/dev/shm empty at exit": not left,
-        f"processes: app growth <= {MAX_GROWTH_MIB_PER_SWITCH:g} MiB/switch": (
-            processes.app_growth <= MAX_GROWTH_MIB_PER_SWITCH
-        ),
     }
+    if gate_growth:
+        checks[f"processes: app growth <= {MAX_GROWTH_MIB_PER_SWITCH:g} MiB/switch"] = (
+            processes.app_growth <= MAX_GROWTH_MIB_PER_SWITCH
+        )
+    else:
+        console.print(
+            "growth per switch is judged at full size (memwise demo preview: 20 switches)"
+        )
     for session in sessions:
         for failure in session.failures:
             console.print(f"[red]{session.isolation}: {failure}")

@@ -2,7 +2,7 @@
 
 The local pool's rules hold here, on remote workers reached through a :class:`Transport`:
 
-- **lanes**: worker slot ``i`` is one remote worker at a time; ``key`` routes by the same
+- **lanes**: lane ``i`` is one remote worker at a time; ``key`` routes by the same
   rendezvous hash as the local pool (:func:`memwise.pool.queue.lane_for`), and a key's tasks
   run in submission order (a remote worker runs its calls in the order they were sent, and a
   key never has calls in flight on two lanes at once, even while lanes are resized);
@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from memwise.errors import BrokenPool, TaskTimeout, WorkerCrashed, WorkerInitError
+from memwise.errors import BrokenPool, ClosedError, TaskTimeout, WorkerCrashed, WorkerInitError
 from memwise.pool.events import PoolEvent
 from memwise.pool.options import TaskOptions
 from memwise.pool.policies import Recycle
@@ -139,9 +139,11 @@ class LaneSupervisor:
         task = LaneTask(future, call, options)
         with self.lock:
             if self.broken is not None:
-                raise BrokenPool(f"the pool is broken and accepts no tasks: {self.broken}")
+                raise BrokenPool(
+                    f"the pool is broken and accepts no tasks: {self.broken}"
+                ) from self.broken
             if self.closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+                raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
             if task.key is not None:
                 task.lane = lane_for(task.key, self.workers)
             self.counts["submitted"] += 1
@@ -158,8 +160,10 @@ class LaneSupervisor:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         with self.lock:
-            if self.closing or self.broken is not None:
-                raise RuntimeError("cannot resize a pool that is shut down or broken")
+            if self.broken is not None:
+                raise BrokenPool(f"the pool is broken: {self.broken}") from self.broken
+            if self.closing:
+                raise ClosedError("cannot resize a pool that is shut down; create a new pool")
             before, self.workers = self.workers, workers
         self._inbox.put(lambda: self._resize(before, workers))
 

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from memwise.errors import ClosedError
 from memwise.pool.events import PoolEvent
 
 logger = logging.getLogger(__name__)
@@ -105,12 +106,17 @@ class EventHub:
     def __init__(self, capacity: int = BUFFER_EVENTS) -> None:
         self._capacity = capacity
         self._lock = threading.Lock()
+        self._closed = False
         # Replaced, never mutated, so producers read it without the lock.
         self.subscriptions: tuple[Subscription, ...] = ()
 
     def subscribe(self, callback: Callback) -> Subscription:
-        subscription = Subscription(self, callback, self._capacity)
+        """A new subscription; raises ``ClosedError`` once the hub is closed (its delivery
+        thread would otherwise wait for events that never come)."""
         with self._lock:
+            if self._closed:
+                raise ClosedError("the pool is shut down; it sends no more events")
+            subscription = Subscription(self, callback, self._capacity)
             self.subscriptions = (*self.subscriptions, subscription)
         return subscription
 
@@ -130,6 +136,8 @@ class EventHub:
 
     def close(self, wait: bool) -> None:
         """End every subscription (after delivering what they hold); ``wait`` for that."""
+        with self._lock:
+            self._closed = True
         subscriptions = self.subscriptions
         for subscription in subscriptions:
             subscription.close()

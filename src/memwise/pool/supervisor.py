@@ -89,8 +89,7 @@ from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.stats import Tally, key_repr
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
-from memwise.shared import sweep_orphans
-from memwise.shared._names import current_owner
+from memwise.shared import current_owner, sweep_orphans
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +228,10 @@ class Supervisor:
     def resize(self, count: int) -> None:
         """Set the number of lanes; see :mod:`memwise.pool.lanes`."""
         with self.state_lock, self.lock:
-            if self.broken is not None or self.closing:
-                raise RuntimeError("cannot resize a pool that is shut down or broken")
+            if self.broken is not None:
+                raise BrokenPool(f"the pool is broken: {self.broken}") from self.broken
+            if self.closing:
+                raise ClosedError("cannot resize a pool that is shut down; create a new pool")
             previous = self.lanes.resize(count)
             self.idle.clear()  # a lent worker may be in a lane that now drains
             self._poke_locked()

@@ -96,8 +96,19 @@ def create_app(
     def snapshot_json() -> str:
         return json.dumps(snapshot_dict(), separators=(",", ":"))
 
+    def running() -> bool:
+        try:
+            return pool.snapshot().state in HEALTHY_STATES
+        except Exception:  # a pool that cannot even describe itself is not running
+            return False
+
     broadcaster = Broadcaster(
-        pool, snapshot_json, max_clients=max_clients, buffer=client_buffer, interval=interval
+        pool,
+        snapshot_json,
+        running=running,
+        max_clients=max_clients,
+        buffer=client_buffer,
+        interval=interval,
     )
     files = {
         path: (
@@ -180,8 +191,14 @@ def create_app(
         return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("memwise server: %s %s failed", request.method, request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        # The detail (exception text, maybe paths or data) goes to the log, not to the client.
+        log.error(
+            "memwise server: %s %s failed",
+            request.method,
+            request.url.path,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return _error(500, "internal error; see the server log")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
