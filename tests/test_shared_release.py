@@ -13,7 +13,6 @@ from _tasks import WAIT, wait_until
 from memwise import WorkerPool, shared
 from memwise.errors import ClosedError
 from memwise.shared import SlotPool
-from memwise.shared._names import current_owner, list_segments, parse
 from memwise.shared._sizes import size_class
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,8 +62,7 @@ def test_free_slots_are_unlinked_after_the_idle_period_without_any_call():
 
 
 def _segments_of_this_process() -> list[str]:
-    me = current_owner()
-    return [name for name in list_segments() or () if (p := parse(name)) and p.owner == me]
+    return shared.owned_segments() or []
 
 
 def test_the_last_pool_to_shut_down_leaves_no_segment():
