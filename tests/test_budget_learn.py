@@ -26,7 +26,7 @@ def test_a_function_s_learned_peak_is_reserved_for_its_next_calls():
     budget = MemoryBudget("64 GiB", learn=True)
     with WorkerPool(1, budget=budget) as pool:
         pool.submit(tasks.allocate_and_free, 80 * MiB).result(30)
-        learned = pool._supervisor.peaks
+        learned = pool.snapshot().budget.learned
         assert max(learned.values()) >= 75 * MiB
     # A budget too small for the learned peak refuses the next call at once.
     small = MemoryBudget(budget.in_use() + 40 * MiB, learn=True, max_wait=0.2)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _data_plugins import SUM_DTYPE, Sums, Ticks, digest, race_main, ticks
-from memwise.data import Context, DirectoryStorage, SQLiteStorage, Storage
+from _data_plugins import SUM_DTYPE, Split, Sums, Ticks, digest, race_main, ticks
+from memwise.data import Context, DataKey, DirectoryStorage, SQLiteStorage, Storage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,6 +97,87 @@ def test_sigkill_mid_write_leaves_nothing_visible(backend: str, tmp_path: Path) 
     np.testing.assert_array_equal(ctx.get_array("crash", "sums"), expected_sums())
     assert ctx.is_stored("crash", "sums") and ctx.is_stored("crash", "ticks")
     assert staged(storage) == 0  # the next writer cleaned up after the dead one
+
+
+class RefusingDirectory(DirectoryStorage):
+    """A directory whose folder for one output cannot be renamed into place, as when the
+    file system refuses a rename: its ``path`` then lies under a folder that does not exist."""
+
+    refused = ""
+
+    def path(self, key: DataKey) -> Path:
+        if key.name == self.refused:
+            return self.root / "no-such-folder" / str(key)
+        return super().path(key)
+
+
+class RefusingSQLite(SQLiteStorage):
+    """A database that refuses to record one output, by a trigger (a real SQLite error)."""
+
+    refused = ""
+
+    def refuse(self, name: str) -> None:
+        with self.connection() as db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON products "
+                f"WHEN NEW.key LIKE '%-{name}-%' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+
+    def allow(self) -> None:
+        with self.connection() as db:
+            db.execute("DROP TRIGGER refuse")
+
+
+@pytest.mark.parametrize("backend", ["directory", "sqlite"])
+def test_failed_finalize_of_one_output_publishes_none(backend: str, tmp_path: Path) -> None:
+    storage: DirectoryStorage | SQLiteStorage
+    if backend == "directory":
+        storage = RefusingDirectory(tmp_path / "store")
+        storage.refused, error = "odds", OSError
+    else:
+        storage = RefusingSQLite(tmp_path / "store.sqlite")
+        storage.refuse("odds")
+        error = sqlite3.IntegrityError
+    ctx = Context(storage, plugins=[Ticks, Split], workers=0, config={"chunks": CHUNKS})
+    # Written in key order, evens, odds, ticks: the second output's finalize fails.
+    with pytest.raises(error):
+        ctx.get_array("r", "evens")
+    assert not ctx.is_stored("r", "evens") and not ctx.is_stored("r", "odds")
+    assert not ctx.is_stored("r", "ticks")  # the whole computation, not only Split's outputs
+    assert storage.keys() == [] and staged(storage) == 0
+    if isinstance(storage, RefusingDirectory):
+        storage.refused = ""
+    else:
+        storage.allow()
+    evens = ctx.get_array("r", "evens")  # the next run computes and stores all of them
+    assert ctx.stats["computed"] == 3
+    assert ctx.is_stored("r", "evens") and ctx.is_stored("r", "odds")
+    odds, all_ticks = ctx.get_array("r", "odds"), ctx.get_array("r", "ticks")
+    assert ctx.stats["computed"] == 3  # odds and ticks were loaded, not computed again
+    assert len(all_ticks) == CHUNKS * 50 == len(evens) + len(odds)
+    assert (evens["value"] % 2 == 0).all() and (odds["value"] % 2 == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["none", "process"])
+@pytest.mark.parametrize("backend", ["directory", "sqlite"])
+def test_abandoned_stream_stores_no_output(
+    backend: str, mode: str, tmp_path: Path, shared_pool
+) -> None:
+    storage, _ = make_storage(backend, tmp_path)
+    workers = 0 if mode == "none" else 2
+    config = {"chunks": CHUNKS}
+    ctx = Context(storage, plugins=[Ticks, Split], workers=workers, pool=shared_pool, config=config)
+    stream = ctx.get_iter("r", "odds")
+    first = next(stream)
+    assert staged(storage) == 3  # evens, odds and ticks are being written
+    stream.close()  # the caller stops reading midway
+    assert storage.keys() == [] and staged(storage) == 0  # every writer was aborted
+    assert not ctx.is_stored("r", "evens") and not ctx.is_stored("r", "odds")
+    # Locks and the re-entrancy guard were released: the next request computes everything.
+    odds = ctx.get_array("r", "odds")
+    np.testing.assert_array_equal(odds[: len(first)], first.data)
+    assert ctx.is_stored("r", "evens") and ctx.is_stored("r", "ticks")
+    assert ctx.stats["computed"] == 3
 
 
 def race_after(go, root: str, backend: str, log: str, out: str) -> None:

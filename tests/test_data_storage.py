@@ -69,6 +69,20 @@ def test_streaming_writer_is_invisible_until_finalized(storage: Storage) -> None
     assert sum(len(c) for c in storage.load(KEY)) == 14
 
 
+def test_finalize_all_publishes_its_own_writers_together(storage: Storage, tmp_path) -> None:
+    other_key = DataKey("run1", "sums", KEY.lineage)
+    writers = [storage.writer(KEY, META), storage.writer(other_key, META)]
+    for writer in writers:
+        writer.write(chunks()[0])
+    foreign = DirectoryStorage(tmp_path / "foreign").writer(other_key, META)
+    with pytest.raises(TypeError, match="is not a writer of"):
+        storage.finalize_all([*writers, foreign])  # refused before anything is visible
+    foreign.abort()
+    assert storage.keys() == []
+    storage.finalize_all(writers)
+    assert storage.keys() == sorted([KEY, other_key])
+
+
 def test_abort_and_clean_leave_nothing(storage: Storage) -> None:
     writer = storage.writer(KEY, META)
     writer.write(chunks()[0])

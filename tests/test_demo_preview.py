@@ -7,8 +7,8 @@ import pytest
 
 from memwise import shared
 from memwise.demos import preview
-from memwise.demos._negative import DENSITY_RANGE, ORANGE_MASK, NegativePreview, slider
-from memwise.demos._samples import load_rgb
+from memwise.demos.negative import DENSITY_RANGE, ORANGE_MASK, NegativePreview, slider
+from memwise.demos.samples import load_rgb
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,6 +22,7 @@ from memwise.memory import (
     format_size,
     parse_size,
     private_memory,
+    private_memory_of,
     system,
     total_private,
     trim,
@@ -202,6 +203,14 @@ def test_usage_of_dead_process_raises(exited_pid: int) -> None:
         private_memory(exited_pid)
     with pytest.raises(ProcessLookupError):
         usage_tree(exited_pid)
+
+
+def test_private_memory_of_sums_the_living_and_skips_the_gone(exited_pid: int) -> None:
+    assert private_memory_of([]) == 0
+    assert private_memory_of([exited_pid]) == 0
+    mine = private_memory()
+    assert private_memory_of([os.getpid(), exited_pid]) == pytest.approx(mine, rel=0.1)
+    assert private_memory_of([os.getpid()] * 2) == pytest.approx(2 * mine, rel=0.1)
 
 
 @pytest.mark.skipif(not LINUX, reason="zombies are probed through /proc on Linux")

@@ -1,5 +1,5 @@
 """imap: lazy, with at most ``prefetch`` items outstanding (even behind a slow item), ordered or
-not, errors at their item's position, keys; and progress bars on map and imap."""
+not, errors at their item's position, keys; and a progress bar over map and imap."""
 
 from __future__ import annotations
 
@@ -157,13 +157,19 @@ def test_imap_rejects_a_bad_prefetch(shared_pool):
         shared_pool.imap(_policy_tasks.index, range(3), prefetch=0)
 
 
-def test_progress_on_map_and_imap_gives_the_same_results(shared_pool):
+def test_a_progress_bar_over_map_and_imap_gives_the_same_results(shared_pool):
+    from memwise.observe.progress import track
+
     expected = list(range(50))
-    assert list(shared_pool.map(_policy_tasks.index, range(50), progress=True)) == expected
-    assert list(shared_pool.imap(_policy_tasks.index, range(50), progress=True)) == expected
-    # An input of unknown length still works (the bar has no total).
-    unsized = (i for i in range(50))
-    assert list(shared_pool.imap(_policy_tasks.index, unsized, progress=True)) == expected
+    results = shared_pool.map(_policy_tasks.index, range(50))
+    assert list(track(results, shared_pool, total=50)) == expected
+    results = shared_pool.imap(_policy_tasks.index, range(50))
+    assert list(track(results, shared_pool, total=50)) == expected
+    # Results of unknown length still work (the bar has no total).
+    results = shared_pool.imap(_policy_tasks.index, range(50))
+    assert list(track(results, shared_pool)) == expected
+    # A sized iterable gives its own total.
+    assert list(track(expected, shared_pool)) == expected
 
 
 def idle(snapshot):

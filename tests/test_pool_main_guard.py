@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from _tasks import WAIT, wait_until
-from memwise.shared._names import list_segments, parse
+from memwise import shared
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -81,12 +81,7 @@ def _session_members(sid: int) -> list[int]:
 
 
 def _segments_of(pid: int) -> list[str]:
-    names = []
-    for name in list_segments() or ():
-        parsed = parse(name)
-        if parsed is not None and parsed.owner.pid == pid:
-            names.append(name)
-    return names
+    return shared.owned_segments(pid) or []
 
 
 def _start(path, **kwargs) -> subprocess.Popen[str]:

@@ -18,6 +18,7 @@ from _tasks import WAIT
 from memwise import Recycle, WorkerPool
 from memwise.errors import (
     BrokenPool,
+    ClosedError,
     SerializationError,
     TaskTimeout,
     WorkerCrashed,
@@ -196,6 +197,17 @@ def test_shutdown_with_timeout_kills_what_still_runs(backend, tmp_path):
     pool.shutdown(timeout=1)
     with pytest.raises(BrokenPool, match="timeout=1"):
         future.result(WAIT)
+
+
+def test_a_shut_down_pool_refuses_work_with_closed_error(backend):
+    pool = make_pool(backend, workers=1)
+    pool.shutdown()
+    with pytest.raises(ClosedError, match="shut"):
+        pool.submit(_tasks.square, 2)
+    with pytest.raises(ClosedError, match="shut down"):
+        pool.resize(2)
+    with pytest.raises(ClosedError, match="shut down"):
+        pool.subscribe(lambda event: None)
 
 
 def test_initializer_failure_raises_at_construction(backend):

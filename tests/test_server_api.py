@@ -274,3 +274,15 @@ def test_the_console_view_draws_an_in_process_pool(shared_pool):
     assert "pool under test" in text and "running" in text
     for worker in shared_pool.snapshot().workers:
         assert str(worker.pid) in text
+
+
+def test_the_remote_console_source_ignores_proxy_settings(shared_pool, monkeypatch):
+    from memwise.observe.console import remote
+
+    # A proxy that answers nothing: a request sent through it (with the token) would fail.
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with serving(shared_pool, token="k3y") as url:
+        assert remote(url, token="k3y")()["state"] == "running"

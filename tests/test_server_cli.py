@@ -103,3 +103,31 @@ def test_top_says_what_is_wrong_when_no_server_answers():
     done = CliRunner().invoke(app, ["top", "http://127.0.0.1:9", "--once"])
     assert done.exit_code == 1
     assert "memwise top" in done.output
+
+
+@pytest.mark.parametrize("interval", ["0", "-1"])
+def test_top_refuses_an_interval_that_is_not_positive(interval):
+    from typer.testing import CliRunner
+
+    from memwise.cli import app
+
+    done = CliRunner().invoke(app, ["top", "http://127.0.0.1:9", "--interval", interval])
+    assert done.exit_code == 2
+    assert "--interval" in done.output and "more than 0" in done.output
+
+
+def test_serve_checks_min_workers_against_the_default_worker_count(monkeypatch):
+    import os
+
+    from typer.testing import CliRunner
+
+    from memwise.cli import app
+
+    def no_server(*args: object) -> None:
+        raise AssertionError("memwise serve started a server despite a bad --min-workers")
+
+    monkeypatch.setattr(os, "execve", no_server)
+
+    done = CliRunner().invoke(app, ["serve", "--min-workers", "99999"])
+    assert done.exit_code == 2
+    assert "--min-workers" in done.output and "99999" in done.output

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from conftest import segment_is_ours
 from memwise import WorkerPool, shared
 from memwise.errors import SharedMemoryError, SharedMemoryExhausted, WorkerCrashed
 from memwise.shared import SlotPool, find_slot
-from memwise.shared._names import current_owner, list_segments, parse
+from memwise.shared._names import list_segments, parse
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -95,7 +95,7 @@ def our_segments() -> set[str]:
     """Segments in /dev/shm this test session made, whatever they are named after (a segment
     named after the wrong owner still counts), each checked to be named after this process."""
     found = {name for name in list_segments() or () if segment_is_ours(name.lstrip("/"))}
-    owner = current_owner()
+    owner = shared.current_owner()
     misnamed = {name for name in found if (parsed := parse(name)) and parsed.owner != owner}
     assert not misnamed, f"segments not named after the pool's process: {misnamed}"
     return found
@@ -109,11 +109,7 @@ def created_by(pid: int) -> set[str]:
 
 
 def owned_by(pid: int) -> set[str]:
-    return {
-        name
-        for name in list_segments() or ()
-        if (parsed := parse(name)) is not None and parsed.owner.pid == pid
-    }
+    return set(shared.owned_segments(pid) or ())
 
 
 def borrowers_of(name: str) -> tuple[int, ...] | None:
@@ -371,13 +367,8 @@ def unwedged(pool: WorkerPool) -> Iterator[WorkerPool]:
     try:
         yield pool
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        pool._supervisor.join(5.0)
-        for row in pool.snapshot().workers:
-            if row.pid is not None:
-                with suppress(ProcessLookupError):
-                    os.kill(row.pid, signal.SIGKILL)
-        pool.shutdown(wait=True)
+        # Workers still busy after 5 s are killed, and their tasks' futures fail.
+        pool.shutdown(wait=True, cancel_futures=True, timeout=5.0)
 
 
 def test_an_array_from_a_non_default_slot_pool_is_sent() -> None:
@@ -503,8 +494,7 @@ def test_worker_killed_while_sending_a_result_leaves_nothing(tmp_path: Any) -> N
 PARENT_SCRIPT = """
 import os, signal
 import numpy as np
-from memwise import WorkerPool
-from memwise.shared._names import current_owner, list_segments, parse
+from memwise import WorkerPool, shared
 
 if __name__ == "__main__":
     pool = WorkerPool(2)
@@ -513,7 +503,7 @@ if __name__ == "__main__":
         pool.submit(np.subtract, 1.0, array).result(60)
     futures = [pool.submit(np.subtract, 1.0, array) for _ in range(6)]
     print(*(row.pid for row in pool.snapshot().workers))
-    mine = [n for n in list_segments() if parse(n) and parse(n).owner == current_owner()]
+    mine = shared.owned_segments()
     print(*mine, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """

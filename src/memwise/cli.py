@@ -101,11 +101,22 @@ def serve(
             MemoryBudget(budget)
         if workers is not None and workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
-        if min_workers is not None and not 0 <= min_workers <= (workers or min_workers):
-            raise ValueError(f"--min-workers must be between 0 and --workers, got {min_workers}")
     except (ServerConfigError, ValueError) as exc:
         typer.echo(f"memwise serve: {exc}", err=True)
         raise typer.Exit(2) from None
+    if min_workers is not None:
+        # Without --workers the pool gets one worker per usable CPU: check against that.
+        cpus = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+        limit = workers if workers is not None else cpus
+        if not 0 <= min_workers <= limit:
+            raise typer.BadParameter(
+                f"must be between 0 and --workers ({limit}), got {min_workers}",
+                param_hint="--min-workers",
+            )
     config = {
         "host": host,
         "port": port,
@@ -133,6 +144,10 @@ def top(
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
 ) -> None:
     """Watch a running memwise server's pool in the terminal, refreshed in place."""
+    if interval <= 0:
+        raise typer.BadParameter(
+            f"must be more than 0 seconds, got {interval}", param_hint="--interval"
+        )
     from memwise.observe.console import remote, watch
 
     source = remote(url, token)

@@ -23,7 +23,7 @@ import mmap
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -278,6 +278,21 @@ def private_memory(pid: int | None = None) -> int:
         return usage(pid).private
     resident, shared = _statm(os.getpid() if pid is None else pid)
     return resident - shared
+
+
+def private_memory_of(pids: Iterable[int]) -> int:
+    """Return the summed private bytes of processes ``pids``, leaving out those that are gone.
+
+    For a set of processes listed a moment ago (a pool's workers, say), any of which may have
+    exited since: private memory, unlike RSS, can be summed.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            total += private_memory(pid)
+        except ProcessLookupError:  # exited between listing and measuring
+            continue
+    return total
 
 
 def usage_tree(pid: int | None = None, *, pss: bool = True) -> dict[int, Usage]:

@@ -57,7 +57,7 @@ class Killer:
         return [w.pid for w in self._pool.snapshot().workers if w.state == "busy" and w.pid]
 
     def _run(self) -> None:
-        while not self._stop.wait(self._random.expovariate(self._rate)):
+        while not self._stop.wait(self._next_wait()):
             busy = self.targets()
             if not busy:
                 continue
@@ -66,6 +66,11 @@ class Killer:
                 self.kills += 1
             except ProcessLookupError:
                 pass
+
+    def _next_wait(self) -> float:
+        # The first kill strikes at the first busy moment, so that even a short storm
+        # injects at least one fault; the Poisson process takes over after it.
+        return 0.01 if self.kills == 0 else self._random.expovariate(self._rate)
 
 
 @dataclass

@@ -7,7 +7,8 @@ the product, computed otherwise. Computing follows one protocol for every backen
    never wait for each other in a circle), waiting with backoff if another process holds one;
 2. look again: if the other process has stored the product meanwhile, load it instead;
 3. clean what a killed writer left, stream every chunk through the chain of plugins, write
-   each saved output through a storage writer, and finalize them all (atomically visible);
+   each saved output through a storage writer, and finalize them all together
+   (``Storage.finalize_all``: every output becomes visible, or none does);
 4. on any error, or if the caller stops iterating, abort the writers: nothing partial stays.
 
 A process-wide re-entrancy guard refuses to compute the same (run, name) twice at once.
@@ -258,8 +259,9 @@ class Context:
                 for key, writer in writers.items():
                     writer.write(Chunk(outputs[key.name], start, end))
                 yield Chunk(outputs[name], start, end)
-            for writer in writers.values():
-                writer.finalize()
+            # Together: a reader must never find one output of this computation without
+            # the others (or next to outputs of another computation).
+            self.storage[0].finalize_all(list(writers.values()))
             done = True
             self.stats["computed"] += len(writers)
         finally:

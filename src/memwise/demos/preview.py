@@ -33,10 +33,10 @@ from rich.table import Table
 from memwise import shared
 from memwise.actors import Actor, spawn
 from memwise.demos import Scenario
-from memwise.demos._negative import DENSITY_RANGE, DRAG, ORANGE_MASK, NegativePreview, slider
-from memwise.demos._samples import load_rgb
+from memwise.demos.negative import DENSITY_RANGE, DRAG, ORANGE_MASK, NegativePreview, slider
+from memwise.demos.samples import load_rgb
 from memwise.errors import TaskTimeout
-from memwise.memory import private_memory, trim
+from memwise.memory import private_memory_of, trim
 from memwise.sessions import Sessions
 
 PROXY_SIDE = 2000
@@ -97,16 +97,6 @@ def _slope(values: list[float]) -> float:
     return statistics.linear_regression(range(len(values)), values).slope
 
 
-def _private_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            total += private_memory(pid)
-        except ProcessLookupError:  # closed between listing and measuring
-            continue
-    return total / MiB
-
-
 def run_session(
     isolation: str, proxies: dict[str, Any], switches: int, advance: Any = None
 ) -> Session:
@@ -134,9 +124,11 @@ def run_session(
             if index == hang_at:
                 _hang(session, actor, proxy)
             trim()  # as the application would after a switch: what stays is really held
-            session.app_mib.append(_private_mib([os.getpid()]))
+            session.app_mib.append(private_memory_of([os.getpid()]) / MiB)
             pids = [actor.pid for actor in opened]
-            session.workers_mib.append(_private_mib([pid for pid in pids if pid is not None]))
+            session.workers_mib.append(
+                private_memory_of(pid for pid in pids if pid is not None) / MiB
+            )
             if advance is not None:
                 advance()
     return session

@@ -172,11 +172,13 @@ def remote(url: str, token: str | None = None, timeout: float = 5.0) -> Source:
     """A source reading ``<url>/api/snapshot`` of a memwise server."""
     endpoint = url.rstrip("/") + "/api/snapshot"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # No proxy, whatever $http_proxy says: the bearer token goes to the server and nowhere else.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def source() -> Mapping[str, Any]:
         request = urllib.request.Request(endpoint, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with opener.open(request, timeout=timeout) as response:
                 data: Mapping[str, Any] = json.load(response)
                 return data
         except urllib.error.HTTPError as exc:

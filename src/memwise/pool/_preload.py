@@ -20,8 +20,7 @@ import types
 
 from memwise import _wire
 from memwise.pool import context
-from memwise.shared._names import Owner, owner_of
-from memwise.shared._sweep import sweep_when_dead
+from memwise.shared import Owner, owner_of, sweep_when_dead
 
 
 def _sweep_after(owner: Owner, server_pid: int) -> None:

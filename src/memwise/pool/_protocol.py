@@ -28,7 +28,7 @@ OK, RAISED = 0, 1  # Done.status
 class InitOptions(NamedTuple):
     """How a worker is to behave, fixed for its life."""
 
-    owner: Any  # memwise.shared._names.Owner: whose name its shared-memory slots carry
+    owner: Any  # memwise.shared.Owner: whose name its shared-memory slots carry
     shm_threshold: int  # buffers of at least this many bytes travel through slots
     recycle: Any  # memwise.pool.policies.Recycle: the worker stops taking tasks when due
     report_memory: bool  # send its private memory with every Done

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sized
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -287,14 +287,13 @@ class WorkerPool(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
     ) -> Iterator[T]:
         """Like ``Executor.map``, with items sent in chunks.
 
         Without ``chunksize``, items are split into about ``8 * workers`` chunks, which keeps
         per-item overhead negligible for tiny functions and load balanced for slow ones. An
-        item's exception is raised when iteration reaches that item. ``progress`` shows a
-        progress bar.
+        item's exception is raised when iteration reaches that item. For a progress bar, wrap
+        the results: ``memwise.observe.progress.track(pool.map(...), pool, total=n)``.
         """
         star = len(iterables) != 1
         items = list(zip(*iterables, strict=False)) if star else list(iterables[0])
@@ -307,8 +306,7 @@ class WorkerPool(Executor):
             self.submit(run_chunk, fn, items[i : i + chunksize], star)
             for i in range(0, len(items), chunksize)
         ]
-        results = _chunk_results(futures, deadline)
-        return self._with_progress(results, len(items)) if progress else results
+        return _chunk_results(futures, deadline)
 
     def imap(
         self,
@@ -318,7 +316,6 @@ class WorkerPool(Executor):
         ordered: bool = True,
         prefetch: int | None = None,
         key: Callable[[Any], Hashable] | None = None,
-        progress: bool = False,
     ) -> Iterator[T]:
         """Apply ``fn`` to each item lazily, with at most ``prefetch`` items outstanding.
 
@@ -327,7 +324,8 @@ class WorkerPool(Executor):
         consumed, even behind one slow item: memory stays bounded for endless inputs.
         ``ordered=False`` yields results as they complete. ``key(item)`` pins items to
         workers as ``options(key=)`` does. An item's exception is raised at its position, and
-        the items not yet started are cancelled.
+        the items not yet started are cancelled. For a progress bar, wrap the results:
+        ``memwise.observe.progress.track(pool.imap(...), pool, total=n)``.
         """
         prefetch = 2 * self.workers if prefetch is None else prefetch
         if prefetch < 1:
@@ -338,19 +336,7 @@ class WorkerPool(Executor):
                 return self.submit(fn, item)
             return self.options(key=key(item)).submit(fn, item)
 
-        results = bounded_results(submit, iter(iterable), prefetch, ordered)
-        if not progress:
-            return results
-        total = len(iterable) if isinstance(iterable, Sized) else None
-        return self._with_progress(results, total)
-
-    def _with_progress(self, results: Iterator[T], total: int | None) -> Iterator[T]:
-        from memwise.progress import track
-
-        if self._remote is not None:
-            remote = self._remote
-            return track(results, total, lambda: remote.snapshot().restarts)
-        return track(results, total, lambda: self._supervisor.tally.restarts)
+        return bounded_results(submit, iter(iterable), prefetch, ordered)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None

@@ -126,7 +126,7 @@ class TaskQueue:
         return False, None
 
     def waiting_lanes(self) -> set[int]:
-        """Slots that have keyed tasks waiting (their workers must be started)."""
+        """Lanes that have keyed tasks waiting (their workers must be started)."""
         return {lane for lane, heads in self._lane_heads.items() if heads}
 
     def lane_counts(self) -> dict[int, int]:

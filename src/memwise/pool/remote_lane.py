@@ -47,7 +47,7 @@ class Sent:
 
 
 class Lane:
-    """Worker slot ``index`` and the remote worker in it now.
+    """Lane ``index`` and the remote worker in it now.
 
     ``generation`` tells this worker's notifications from those of the one it replaced.
     ``sent`` holds its calls in order; the first one is running, since ``head_since``.

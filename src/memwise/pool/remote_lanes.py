@@ -2,7 +2,7 @@
 
 The local pool's rules hold here, on remote workers reached through a :class:`Transport`:
 
-- **lanes**: worker slot ``i`` is one remote worker at a time; ``key`` routes by the same
+- **lanes**: lane ``i`` is one remote worker at a time; ``key`` routes by the same
   rendezvous hash as the local pool (:func:`memwise.pool.queue.lane_for`), and a key's tasks
   run in submission order (a remote worker runs its calls in the order they were sent, and a
   key never has calls in flight on two lanes at once, even while lanes are resized);

@@ -89,6 +89,7 @@ class BudgetUsage:
     in_use: int  # measured: parent + workers' private memory + shared slots
     reserved: int  # held by admitted tasks' reservations
     waiting: int  # tasks waiting for room
+    learned: Mapping[str, int]  # peak bytes learned per function (MemoryBudget(learn=True))
 
 
 @dataclass(frozen=True)

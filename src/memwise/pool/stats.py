@@ -141,6 +141,7 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
         else:
             state = "running"
         waiting = len(sup.queue) if sup.budget_blocked else 0
+        learned = frozen_map(sup.peaks)
         pool_level = dict(
             time=wall,
             state=state,
@@ -177,6 +178,7 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
             in_use=probe.budget_in_use(budget),
             reserved=budget.reserved,
             waiting=waiting,
+            learned=learned,
         ),
         shared_memory=_shared_usage(),
         **pool_level,  # type: ignore[arg-type]

@@ -107,6 +107,7 @@ class EventHub:
         self._capacity = capacity
         self._lock = threading.Lock()
         self._closed = False
+        self._closing: tuple[Subscription, ...] = ()
         # Replaced, never mutated, so producers read it without the lock.
         self.subscriptions: tuple[Subscription, ...] = ()
 
@@ -138,7 +139,10 @@ class EventHub:
         """End every subscription (after delivering what they hold); ``wait`` for that."""
         with self._lock:
             self._closed = True
-        subscriptions = self.subscriptions
+            # Kept past their removal: a second close(wait=True) (the pool's shutdown, after
+            # its supervisor's close(wait=False)) still waits for their last events.
+            self._closing = (*self._closing, *self.subscriptions)
+            subscriptions = self._closing
         for subscription in subscriptions:
             subscription.close()
         if wait:

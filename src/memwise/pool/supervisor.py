@@ -89,8 +89,7 @@ from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.stats import Tally, key_repr
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
-from memwise.shared import sweep_orphans
-from memwise.shared._names import current_owner
+from memwise.shared import current_owner, sweep_orphans
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,7 @@ from memwise.pool._protocol import (
     encode,
 )
 from memwise.pool.ledger import Ledger
-from memwise.shared._names import Owner, owner_of
-from memwise.shared._sweep import sweep_when_dead
+from memwise.shared import Owner, owner_of, sweep_when_dead
 
 EXIT_PARENT_GONE = 70
 EXIT_INIT_FAILED = 71

@@ -96,8 +96,19 @@ def create_app(
     def snapshot_json() -> str:
         return json.dumps(snapshot_dict(), separators=(",", ":"))
 
+    def running() -> bool:
+        try:
+            return pool.snapshot().state in HEALTHY_STATES
+        except Exception:  # a pool that cannot even describe itself is not running
+            return False
+
     broadcaster = Broadcaster(
-        pool, snapshot_json, max_clients=max_clients, buffer=client_buffer, interval=interval
+        pool,
+        snapshot_json,
+        running=running,
+        max_clients=max_clients,
+        buffer=client_buffer,
+        interval=interval,
     )
     files = {
         path: (

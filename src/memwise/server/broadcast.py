@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from memwise.pool.events import PoolEvent
 
+log = logging.getLogger("memwise")
 KEEPALIVE_S = 15.0
 # Events waiting for the event loop; past this the oldest go (and every client is told).
 PENDING_LIMIT = 10_000
@@ -52,12 +54,14 @@ class Broadcaster:
         pool: Subscribable,
         snapshot_json: Callable[[], str],
         *,
+        running: Callable[[], bool],
         max_clients: int,
         buffer: int,
         interval: float,
     ) -> None:
         self._pool = pool
         self._snapshot_json = snapshot_json
+        self._running = running
         self.max_clients = max_clients
         self._buffer = buffer
         self._interval = interval
@@ -183,11 +187,20 @@ class Broadcaster:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while self._clients and not self._closed:
-            text = await loop.run_in_executor(None, self._snapshot_json)
-            message = f"event: snapshot\ndata: {text}\n\n".encode()
-            for client in self._clients:
-                client.snapshot = message
-                client.wake.set()
+            try:
+                text = await loop.run_in_executor(None, self._snapshot_json)
+            except Exception:
+                # Typically the pool shutting down under us. The streams stay open (pool
+                # events still come); snapshots stop only once the pool has stopped for good.
+                if not await loop.run_in_executor(None, self._running):
+                    log.info("the pool is no longer running: event streams get no more snapshots")
+                    return
+                log.exception("a snapshot for the event streams failed; the next tick retries")
+            else:
+                message = f"event: snapshot\ndata: {text}\n\n".encode()
+                for client in self._clients:
+                    client.snapshot = message
+                    client.wake.set()
             # A fixed rate, not a fixed pause: taking the snapshot does not slow the ticks.
             due = max(due + self._interval, loop.time())
             await asyncio.sleep(due - loop.time())

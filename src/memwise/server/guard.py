@@ -9,6 +9,10 @@ Pure ASGI, so it also guards the app when mounted inside another Starlette or Fa
   constant time.
 - **Body**: larger than ``max_body`` bytes gets 413, whether announced by Content-Length or
   streamed; the server never buffers more than that.
+- **WebSocket**: the host and token checks apply to the handshake too, and, where the host
+  names are restricted, an ``Origin`` header (sent by every browser) must name one of them, so
+  that a page on another site cannot open a socket with the user's browser (cross-site
+  WebSocket hijacking). A refused handshake is closed with code 1008 (policy violation).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,7 +37,7 @@ class _BodyTooLarge(Exception):
 
 
 class Guard:
-    """ASGI middleware applying the checks above to every HTTP request."""
+    """ASGI middleware applying the checks above to every HTTP request and WebSocket."""
 
     def __init__(
         self,
@@ -49,11 +53,19 @@ class Guard:
         self._max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):  # lifespan: nothing from a client
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         refusal = self._refusal(scope, headers)
+        if scope["type"] == "websocket":
+            refusal = refusal or self._origin_refusal(headers)
+            if refusal is not None:
+                # Before accepting: the client's handshake is answered 403 and nothing runs.
+                await send({"type": "websocket.close", "code": 1008, "reason": refusal[1][:120]})
+            else:
+                await self.app(scope, receive, send)
+            return
         if refusal is not None:
             await _json(send, *refusal)
             return
@@ -109,6 +121,18 @@ class Guard:
             if size > self._max_body:
                 return 413, self._too_large(), {}
         return None
+
+    def _origin_refusal(self, headers: dict[bytes, bytes]) -> tuple[int, str, dict] | None:
+        origin = headers.get(b"origin")
+        if origin is None or self._hosts is None:  # not a browser, or any host is welcome
+            return None
+        try:
+            host = urlsplit(origin.decode("latin-1")).hostname
+        except ValueError:
+            host = None
+        if host is not None and host.lower() in self._hosts:
+            return None
+        return 403, f"WebSocket from origin {origin.decode('latin-1')[:60]!r} is not served", {}
 
     def _too_large(self) -> str:
         return f"request body larger than {self._max_body} bytes"

@@ -39,7 +39,8 @@ processes only ever *borrow* a segment or *receive* it:
    ``pool.reclaim(pid)``: its loans end, gifts it still held and segments it created but never
    handed over are unlinked (found by listing /dev/shm). Nothing leaks.
 5. **The parent dies (SIGKILL).** Workers exit with it; the segments, all named after the dead
-   owner, are unlinked by ``sweep_orphans()``, which every new pool runs when it starts.
+   owner, are unlinked by ``sweep_orphans()``, which every new pool runs when it starts; a worker
+   or forkserver that sees its parent go calls ``sweep_when_dead(owner_of(parent))``.
    A clean exit unlinks everything at interpreter shutdown (and ``SlotPool.close``).
 
 /dev/shm listing is Linux-only: on macOS sweeping and ``reclaim``'s search for a dead creator's
@@ -59,11 +60,11 @@ from memwise.shared._arrays import (
     zeros,
 )
 from memwise.shared._cache import attach
-from memwise.shared._names import Owner, owned_segments
+from memwise.shared._names import Owner, current_owner, owned_segments, owner_of
 from memwise.shared._pool import SlotPool
 from memwise.shared._report import SizeClassStats, SlotLeak, SlotStats
 from memwise.shared._slot import Slot, SlotHandle
-from memwise.shared._sweep import sweep_orphans
+from memwise.shared._sweep import sweep_orphans, sweep_when_dead
 from memwise.shared._views import (
     borrow,
     find_slot,
@@ -84,17 +85,20 @@ __all__ = [
     "attach",
     "borrow",
     "copy",
+    "current_owner",
     "default_pool",
     "empty",
     "find_slot",
     "hand_over",
     "leaks",
     "owned_segments",
+    "owner_of",
     "release",
     "set_default_pool",
     "slot_array",
     "stats",
     "sweep_orphans",
+    "sweep_when_dead",
     "take_returns",
     "trim",
     "zeros",

@@ -4,15 +4,17 @@ Write protocol, the same for every backend: take the key's inter-process lock; `
 a writer killed earlier left behind; stream chunks into a ``writer`` (staged where no reader
 looks); ``finalize`` makes the whole product visible in one atomic step, or ``abort`` drops
 it. A reader therefore sees a product complete or not at all, whatever happens to a writer.
+The outputs of one computation (a multi-output plugin's, and those of its chain) go through
+``Storage.finalize_all``: all of them become visible, or, if any step fails, none does.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -20,7 +22,9 @@ from memwise.data.chunk import Chunk
 from memwise.data.lineage import DataKey
 from memwise.errors import LockTimeout
 
-__all__ = ["KeyLock", "Storage", "Writer", "dtype_from_json", "dtype_to_json"]
+__all__ = ["KeyLock", "Storage", "Writer", "dtype_from_json", "dtype_to_json", "writers_of"]
+
+W = TypeVar("W")
 
 
 @runtime_checkable
@@ -52,6 +56,11 @@ class Storage(Protocol):
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> Writer:
         """Streaming save of ``key``; call under :meth:`lock` after :meth:`clean`."""
 
+    def finalize_all(self, writers: Sequence[Writer]) -> None:
+        """Finalize ``writers`` (made by this storage) together: all their products become
+        visible, or, if any step fails, none stays visible, every writer is aborted and the
+        error is raised. A lone writer's ``finalize`` is ``finalize_all([writer])``."""
+
     def save(self, key: DataKey, chunks: list[Chunk], metadata: dict[str, Any]) -> None:
         """Save a whole product at once (lock, clean, write, finalize)."""
 
@@ -66,6 +75,17 @@ class Storage(Protocol):
 
     def clean(self, key: DataKey) -> None:
         """Remove what dead writers of ``key`` left behind; only under the key's lock."""
+
+
+def writers_of(storage: Storage, writers: Sequence[Writer], kind: type[W]) -> list[W]:
+    """``writers``, checked to be ``kind`` writers that ``storage`` made (a storage can only
+    finalize its own)."""
+    own: list[W] = []
+    for writer in writers:
+        if not isinstance(writer, kind) or getattr(writer, "storage", None) is not storage:
+            raise TypeError(f"{writer!r} is not a writer of {storage!r}")
+        own.append(writer)
+    return own
 
 
 def save_whole(storage: Storage, key: DataKey, chunks: list[Chunk], meta: dict[str, Any]) -> None:

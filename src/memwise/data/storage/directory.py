@@ -17,11 +17,12 @@ Chunks live in one file rather than a file each: fewer files, and loads map the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,9 +32,11 @@ from memwise.data.chunk import Chunk
 from memwise.data.lineage import DataKey
 from memwise.data.storage.base import (
     KeyLock,
+    Writer,
     dtype_from_json,
     fsync_dir,
     save_whole,
+    writers_of,
 )
 from memwise.errors import DataNotFound
 
@@ -84,8 +87,8 @@ class BufferedArrayWriter:
 
 class _DirectoryWriter:
     def __init__(self, storage: DirectoryStorage, key: DataKey, metadata: dict[str, Any]) -> None:
-        self._storage = storage
-        self._key = key
+        self.storage = storage
+        self.key = key
         self._metadata = metadata
         self._chunks: list[dict[str, int]] = []
         self.staging = storage.root / STAGING / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -101,29 +104,36 @@ class _DirectoryWriter:
         )
 
     def finalize(self) -> None:
+        self.storage.finalize_all([self])
+
+    def stage(self) -> None:
+        """Complete the staged folder (data flushed, metadata written); still invisible."""
         self._out.flush()
-        if self._storage.fsync:
+        if self.storage.fsync:
             os.fsync(self._file.fileno())
         self._file.close()
         metadata = {
             **self._metadata,
-            "key": str(self._key),
+            "key": str(self.key),
             "chunks": self._chunks,
             "nbytes": self._out.written,
         }
         with open(self.staging / METADATA, "w") as f:
             json.dump(metadata, f)
-            if self._storage.fsync:
+            if self.storage.fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        if self._storage.fsync:
+        if self.storage.fsync:
             fsync_dir(self.staging)
-        os.rename(self.staging, self._storage.path(self._key))
-        if self._storage.fsync:
-            fsync_dir(self._storage.root)
+
+    def publish(self) -> None:
+        """Rename the staged folder into place: the one step that makes it visible."""
+        os.rename(self.staging, self.storage.path(self.key))
+        if self.storage.fsync:
+            fsync_dir(self.storage.root)
 
     def abort(self) -> None:
-        self._file.close()
+        self._file.close()  # closing twice is harmless: abort may follow finalize_all's
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
@@ -179,6 +189,26 @@ class DirectoryStorage:
 
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> _DirectoryWriter:
         return _DirectoryWriter(self, key, metadata)
+
+    def finalize_all(self, writers: Sequence[Writer]) -> None:
+        """Make the products of ``writers`` visible together: every folder is completed
+        first, then each is renamed into place; if any step fails, the folders already
+        renamed are deleted again and every writer is aborted, and the error is raised."""
+        own = writers_of(self, writers, _DirectoryWriter)
+        published: list[_DirectoryWriter] = []
+        try:
+            for writer in own:
+                writer.stage()
+            for writer in own:
+                writer.publish()
+                published.append(writer)
+        except BaseException:
+            for writer in published:
+                with contextlib.suppress(DataNotFound):  # deleted meanwhile: already gone
+                    self.delete(writer.key)
+            for writer in own:
+                writer.abort()
+            raise
 
     def save(self, key: DataKey, chunks: list[Chunk], metadata: dict[str, Any]) -> None:
         save_whole(self, key, chunks, metadata)

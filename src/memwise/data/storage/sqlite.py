@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,13 @@ import numpy as np
 
 from memwise.data.chunk import Chunk
 from memwise.data.lineage import DataKey
-from memwise.data.storage.base import KeyLock, dtype_from_json, save_whole
+from memwise.data.storage.base import (
+    KeyLock,
+    Writer,
+    dtype_from_json,
+    save_whole,
+    writers_of,
+)
 from memwise.errors import DataNotFound
 
 __all__ = ["SQLiteStorage"]
@@ -37,8 +43,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 
 class _SQLiteWriter:
     def __init__(self, storage: SQLiteStorage, key: DataKey, metadata: dict[str, Any]) -> None:
-        self._storage = storage
-        self._key = key
+        self.storage = storage
+        self.key = key
         self._metadata = metadata
         self._staging = f"{staging_prefix(key)}{uuid.uuid4().hex[:8]}"
         self._chunks: list[dict[str, int]] = []
@@ -47,7 +53,7 @@ class _SQLiteWriter:
     def write(self, chunk: Chunk) -> None:
         data = np.ascontiguousarray(chunk.data)
         blob = memoryview(data).cast("B")  # type: ignore[arg-type]
-        with self._storage.connection() as db:
+        with self.storage.connection() as db:
             db.execute(
                 "INSERT INTO chunks (key, idx, data) VALUES (?, ?, ?)",
                 (self._staging, len(self._chunks), blob),
@@ -56,21 +62,24 @@ class _SQLiteWriter:
         self._nbytes += data.nbytes
 
     def finalize(self) -> None:
+        self.storage.finalize_all([self])
+
+    def publish(self, db: sqlite3.Connection) -> None:
+        """Rename the staged rows and record the product, in the caller's transaction."""
         metadata = {
             **self._metadata,
-            "key": str(self._key),
+            "key": str(self.key),
             "chunks": self._chunks,
             "nbytes": self._nbytes,
         }
-        with self._storage.connection() as db:  # one transaction: all visible at once
-            db.execute("UPDATE chunks SET key = ? WHERE key = ?", (str(self._key), self._staging))
-            db.execute(
-                "INSERT INTO products (key, metadata) VALUES (?, ?)",
-                (str(self._key), json.dumps(metadata)),
-            )
+        db.execute("UPDATE chunks SET key = ? WHERE key = ?", (str(self.key), self._staging))
+        db.execute(
+            "INSERT INTO products (key, metadata) VALUES (?, ?)",
+            (str(self.key), json.dumps(metadata)),
+        )
 
     def abort(self) -> None:
-        with self._storage.connection() as db:
+        with self.storage.connection() as db:
             db.execute("DELETE FROM chunks WHERE key = ?", (self._staging,))
 
 
@@ -155,6 +164,19 @@ class SQLiteStorage:
 
     def writer(self, key: DataKey, metadata: dict[str, Any]) -> _SQLiteWriter:
         return _SQLiteWriter(self, key, metadata)
+
+    def finalize_all(self, writers: Sequence[Writer]) -> None:
+        """Make the products of ``writers`` visible together, in one transaction; if it
+        fails, it is rolled back, every writer is aborted, and the error is raised."""
+        own = writers_of(self, writers, _SQLiteWriter)
+        try:
+            with self.connection() as db:  # commits on success, rolls back on any error
+                for writer in own:
+                    writer.publish(db)
+        except BaseException:
+            for writer in own:
+                writer.abort()
+            raise
 
     def save(self, key: DataKey, chunks: list[Chunk], metadata: dict[str, Any]) -> None:
         save_whole(self, key, chunks, metadata)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from memwise.demos._samples import FILES, path
+from memwise.demos.samples import FILES, path
 
 CANVAS = (1920, 1080)
 POSTER = (410, 610)

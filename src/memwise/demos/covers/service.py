@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 from memwise.demos.covers.render import check_request, render_cover
 from memwise.errors import MemoryBudgetExceeded, MemwiseError
 from memwise.memory import trim
+from memwise.server.guard import LOOPBACK_HOSTS, Guard
 
 if TYPE_CHECKING:
     from memwise.pool.api import WorkerPool
@@ -46,7 +47,9 @@ DEFAULT_PHOTOS = (
 )
 RENDER_MEMORY = "40 MiB"  # reserved per render: its measured rise (~30 MiB), rounded up
 RETRY_AFTER_S = 2
+GRACE_S = 3
 HEAVY = ("numpy", "PIL")
+MAX_BODY = 64 * 1024  # every route is a GET: no request needs a body
 
 
 def create_app(
@@ -54,7 +57,7 @@ def create_app(
     render_memory: int | str = RENDER_MEMORY,
     *,
     dashboard: bool = False,
-) -> Router:
+) -> Guard:
     """The ASGI app; renders go to the pool ``make_pool()`` builds, or, with None, to this
     process's threads.
 
@@ -64,10 +67,13 @@ def create_app(
     at ``/memwise/``; that costs the idle service about 2 MiB more (31.8 MiB RSS against
     29.6 measured), past the seed's 30 MB, which is why it is not the default. A bare
     Starlette ``Router``: the ``Starlette`` class adds middleware this service does not use,
-    and their imports cost idle memory. On shutdown the pool is shut down.
+    and their imports cost idle memory. On shutdown the pool is shut down. Guarded for
+    loopback: requests must name a loopback host, so no web page can reach it by DNS
+    rebinding.
     """
     rendering = 0
     pool: WorkerPool | None = None
+    streams: list[Any] = []  # the mounted dashboard's broadcaster, if any
 
     async def cover(request: Request) -> Response:
         nonlocal rendering
@@ -117,6 +123,9 @@ def create_app(
         try:
             yield
         finally:
+            # Starlette does not run a mounted app's lifespan: the dashboard's streams end here.
+            for broadcaster in streams:
+                broadcaster.close()
             if pool is not None:
                 await asyncio.to_thread(pool.shutdown, True, cancel_futures=True, timeout=5.0)
 
@@ -124,8 +133,15 @@ def create_app(
     if dashboard and make_pool is not None:
         from memwise.server import create_app as dashboard_app
 
-        routes.append(Mount("/memwise", app=dashboard_app(_pool())))
-    return Router(routes, lifespan=lifespan)
+        dashboard_asgi = dashboard_app(_pool())
+        streams.append(dashboard_asgi.state.broadcaster)
+        routes.append(Mount("/memwise", app=dashboard_asgi))
+    return Guard(
+        Router(routes, lifespan=lifespan),
+        token=None,
+        allowed_hosts=LOOPBACK_HOSTS,
+        max_body=MAX_BODY,
+    )
 
 
 def _error(status: int, kind: str, message: str, retry_after: int | None = None) -> Response:
@@ -186,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
         http="h11",
         ws="none",
         log_level="warning",
+        # An open dashboard event stream gets this long once stopping, then it is cut off.
+        timeout_graceful_shutdown=GRACE_S,
     )
     sockets: Any = None if args.fd is None else [socket.socket(fileno=args.fd)]
     uvicorn.Server(config).run(sockets=sockets)

@@ -25,8 +25,10 @@ own dashboard (``/``), ``/metrics`` (Prometheus), ``/api/snapshot`` and ``/healt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
@@ -41,6 +43,8 @@ from memwise.demos.speech.segments import SegmentResult, owned_words
 from memwise.demos.speech.service import FileJob, SpeechService
 from memwise.errors import InvalidAudio, MemwiseError, ProtocolError, TranscriptionFailed
 from memwise.server import create_app
+from memwise.server.broadcast import Broadcaster
+from memwise.server.guard import LOOPBACK_HOSTS, Guard
 
 MiB = 1024 * 1024
 MAX_MESSAGE_BYTES = 1 * MiB  # one WebSocket frame: about 30 s of audio
@@ -50,8 +54,17 @@ MAX_TASK_ID = 128
 _DISCONNECT_POLL_S = 0.25
 
 
-def create_speech_app(service: SpeechService) -> Starlette:
-    """The API above, bound to a running service (which the caller owns and closes)."""
+def create_speech_app(service: SpeechService) -> Guard:
+    """The API above, bound to a running service (which the caller owns and closes).
+
+    ``.app.state.streams`` is the dashboard's event-stream broadcaster: whoever stops the
+    server closes it first (:func:`close_streams`), or an open ``/api/events`` stream holds
+    the shutdown until uvicorn's graceful timeout.
+
+    Served on loopback only, and guarded as such: requests and WebSockets must name a loopback
+    host (no DNS rebinding) and a WebSocket from a browser must come from a loopback page (no
+    cross-site WebSocket hijacking).
+    """
 
     async def transcribe(request: Request) -> JSONResponse:
         return await _transcribe(service, request)
@@ -71,15 +84,35 @@ def create_speech_app(service: SpeechService) -> Starlette:
             }
         )
 
-    return Starlette(
+    # Everything else: the pool's dashboard (/), /metrics, /api/snapshot, /healthz.
+    dashboard = create_app(service.pool)
+    streams: Broadcaster = dashboard.state.broadcaster
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Starlette does not run a mounted app's lifespan: its event streams end here.
+        try:
+            yield
+        finally:
+            streams.close()
+
+    app = Starlette(
         routes=[
             Route("/transcribe", transcribe, methods=["POST"]),
             WebSocketRoute("/stream", stream),
             Route("/api/speech", status),
-            # Everything else: the pool's dashboard (/), /metrics, /api/snapshot, /healthz.
-            Mount("/", app=create_app(service.pool)),
-        ]
+            Mount("/", app=dashboard),
+        ],
+        lifespan=lifespan,
     )
+    app.state.streams = streams
+    # The body limit here is a backstop: /transcribe answers its own 413 past MAX_BODY_BYTES.
+    return Guard(app, token=None, allowed_hosts=LOOPBACK_HOSTS, max_body=2 * MAX_BODY_BYTES)
+
+
+def close_streams(app: Guard) -> None:
+    """End the dashboard's event streams of an app from :func:`create_speech_app` (any thread)."""
+    app.app.state.streams.close()  # type: ignore[attr-defined]
 
 
 def _error(exc: BaseException, task: str | None = None) -> dict[str, Any]:

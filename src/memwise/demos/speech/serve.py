@@ -9,13 +9,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from memwise.demos.speech.app import MAX_MESSAGE_BYTES, create_speech_app
+from memwise.demos.speech.app import MAX_MESSAGE_BYTES, close_streams, create_speech_app
 from memwise.demos.speech.recognizer import MODES, RecognizerConfig
 from memwise.demos.speech.service import ServiceConfig, SpeechService
+from memwise.server.guard import Guard
 
 # A frame larger than this is refused by the WebSocket layer itself (close code 1009); below
 # it, the application answers an oversized frame with a clear error and keeps the connection.
 _WS_HARD_LIMIT = 4 * MAX_MESSAGE_BYTES
+GRACE_S = 3
 
 
 def _loopback_only(host: str) -> None:
@@ -24,16 +26,18 @@ def _loopback_only(host: str) -> None:
         raise ValueError(f"the speech server binds to loopback only (127.0.0.1), not {host!r}")
 
 
-def _config(service: SpeechService, host: str, port: int) -> object:
+def _config(app: Guard, host: str, port: int) -> object:
     import uvicorn
 
     return uvicorn.Config(
-        create_speech_app(service),
+        app,
         host=host,
         port=port,
         log_level="warning",
         ws_max_size=_WS_HARD_LIMIT,
-        lifespan="off",
+        lifespan="on",  # ends the dashboard's event streams on shutdown
+        # Ctrl+C with a client still connected: it gets this long, then it is cut off.
+        timeout_graceful_shutdown=GRACE_S,
     )
 
 
@@ -44,7 +48,8 @@ def serving(service: SpeechService, host: str = "127.0.0.1", port: int = 0) -> I
     import uvicorn
 
     _loopback_only(host)
-    server = uvicorn.Server(_config(service, host, port))  # type: ignore[arg-type]
+    app = create_speech_app(service)
+    server = uvicorn.Server(_config(app, host, port))  # type: ignore[arg-type]
     thread = threading.Thread(target=server.run, name="speech-server", daemon=True)
     thread.start()
     while not server.started:
@@ -55,6 +60,7 @@ def serving(service: SpeechService, host: str = "127.0.0.1", port: int = 0) -> I
     try:
         yield f"http://{host}:{bound}"
     finally:
+        close_streams(app)  # before stopping: an open event stream would hold the shutdown
         server.should_exit = True
         thread.join()
 
@@ -83,7 +89,8 @@ def main() -> None:
     )
     print(f"memory: {service.memory.describe()}")
     try:
-        uvicorn.Server(_config(service, args.host, args.port)).run()  # type: ignore[arg-type]
+        app = create_speech_app(service)
+        uvicorn.Server(_config(app, args.host, args.port)).run()  # type: ignore[arg-type]
     finally:
         cut = service.close(args.drain)
         print(f"stopped; cut short: {cut or 'none'}")
