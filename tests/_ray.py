@@ -35,10 +35,14 @@ def installed() -> bool:
 
 
 def shm_entries() -> set[str]:
+    """What Ray may leave in /dev/shm: every entry but memwise's segments (the conftest checks
+    those, knowing which belong to this test session) and multiprocessing's semaphores (other
+    programs on the machine make them at any time)."""
     try:
-        return set(os.listdir("/dev/shm"))
+        entries = os.listdir("/dev/shm")
     except OSError:
         return set()
+    return {entry for entry in entries if not entry.startswith(("mw_", "sem."))}
 
 
 def free_port(host: str) -> int:
@@ -145,7 +149,10 @@ class CliCluster:
         self.address = f"{self.host}:{port}"
         self.nodes: list[Node] = []
         try:
-            self._start(self.host, ["--head", f"--port={port}"], head_cpus)
+            # The dashboard flag is the head's alone: a worker node refuses it.
+            self._start(
+                self.host, ["--head", f"--port={port}", "--include-dashboard=false"], head_cpus
+            )
         except BaseException:
             self.stop()
             raise
@@ -164,7 +171,6 @@ class CliCluster:
                     f"--node-ip-address={host}",
                     f"--num-cpus={cpus}",
                     f"--temp-dir={self.tmp}",
-                    "--include-dashboard=false",
                     "--disable-usage-stats",
                     # Ports the raylet would otherwise wait for its agents to choose.
                     f"--dashboard-agent-grpc-port={ports[0]}",
