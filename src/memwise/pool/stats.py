@@ -121,6 +121,11 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
         now = sup.clock()
         wall = time.time()
         queued_per_lane = sup.queue.lane_counts()
+        # Keyed tasks get their lane at submit: those the supervisor has not yet taken in from
+        # ``incoming`` wait for that lane too, as the pool-level ``queued`` counts them.
+        for task in sup.incoming:
+            if task.lane is not None:
+                queued_per_lane[task.lane] = queued_per_lane.get(task.lane, 0) + 1
         rows = []
         lanes = sup.lanes.count
         for lane in range(lanes):
