@@ -217,3 +217,20 @@ def driver_env(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def local_cluster(num_cpus: int = 2) -> Iterator[object]:
+    """A local cluster started by the backend's own ``connect`` (yields the ``ray`` module);
+    stopped at the end, and checked to leave nothing of Ray's in /dev/shm."""
+    from memwise.ray import connect, ray
+
+    shm_before = shm_entries()
+    with driver_env(worker_env()):
+        connect(num_cpus=num_cpus)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+    leftover = shm_entries() - shm_before
+    assert not {entry for entry in leftover if "plasma" in entry or "ray" in entry}, leftover

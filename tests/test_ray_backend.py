@@ -34,25 +34,13 @@ pytestmark = [
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    """A local cluster started by the backend's own ``connect``; stopped, shm checked.
-
-    Started before any test of the module (so the stray-process check of each test sees its
-    processes as already there), and stopped after the last.
-    """
+    """A local cluster, started before any test of the module (so the stray-process check of
+    each test sees its processes as already there), and stopped after the last."""
     if not _ray.installed():
         yield None
         return
-    from memwise.ray import connect, ray
-
-    shm_before = _ray.shm_entries()
-    with _ray.driver_env(_ray.worker_env()):
-        connect(num_cpus=2)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-    leftover = _ray.shm_entries() - shm_before
-    assert not {entry for entry in leftover if "plasma" in entry or "ray" in entry}, leftover
+    with _ray.local_cluster() as ray:
+        yield ray
 
 
 @pytest.fixture(params=["local", "ray"])
