@@ -94,78 +94,109 @@ class LaneActor:
                 return (Status.RAISED.value, _wire.dump_exception(exc), None)
         return (Status.OK.value, (os.getpid(), ray.util.get_node_ip_address()), None)
 
-    def run(self, call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
-        # One argument, not three: Ray serializes (and binds) each argument on its own.
-        fn, args, kwargs = call
-        try:
-            result: Any = (Status.OK.value, fn(*args, **kwargs))
-        except BaseException as exc:
-            result = (Status.RAISED.value, _wire.dump_exception(exc))
-        if self._trim:
-            trim()
-        return (*result, private_memory())
+    def run(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> Any:
+        """Run ``calls`` in order, yielding each one's outcome as soon as it is there.
+
+        A generator, so Ray streams the outcomes back one by one: the caller learns of each
+        result (and, if this actor dies, of which call it died in) without waiting for the
+        batch, while the batch costs one actor call instead of one per task.
+        """
+        for fn, args, kwargs in calls:
+            try:
+                result: Any = (Status.OK.value, fn(*args, **kwargs))
+            except BaseException as exc:
+                result = (Status.RAISED.value, _wire.dump_exception(exc))
+            if self._trim:
+                trim()
+            yield (*result, private_memory())
+            del result  # not kept alive while the next call runs
 
 
 class _Call:
-    """One call in flight on an actor: its result ref until collected, then its outcome."""
+    """One call in flight on an actor; its outcome once collected."""
 
-    __slots__ = ("notify", "outcome", "ref")
+    __slots__ = ("notify", "outcome")
 
-    def __init__(self, ref: Any, notify: Callable[[], None]) -> None:
-        self.ref: Any = ref
+    def __init__(self, notify: Callable[[], None]) -> None:
         self.notify: Callable[[], None] | None = notify
         self.outcome: Outcome | None = None
 
+    def finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        notify, self.notify = self.notify, None  # nothing kept once it has been told
+        assert notify is not None
+        notify()
+
 
 class _Actor:
-    """A lane's actor and the thread that collects its results.
+    """A lane's actor and the thread that collects its outcomes.
 
-    An actor runs its calls in the order they were made, so its results are fetched in that
-    order, each with one blocking ``ray.get`` (which releases the GIL while it waits): the
-    cheapest way Ray offers to learn of a result, per call, as plain ``ray.get`` on a list
-    does. (``ObjectRef.future()`` costs about a third more of this process's CPU per call,
-    and polling with ``ray.wait`` grows with the calls in flight.) The thread ends once the
-    actor is closed and every call sent to it has an outcome.
+    An actor runs its calls in the order they were made, so the outcomes are fetched in that
+    order by one thread per actor, each with a blocking ``ray.get`` (which releases the GIL
+    while it waits): per call, the cheapest way Ray offers to learn of a result.
+    (``ObjectRef.future()`` costs about a third more of this process's CPU per call, and
+    polling with ``ray.wait`` grows with the calls in flight.) The thread ends once the actor
+    is closed and every call sent to it has its outcome.
     """
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._sent: queue.SimpleQueue[tuple[Any, list[_Call]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._collect, name="memwise-ray-results")
         self._thread.daemon = True
         self._thread.start()
 
-    def watch(self, ref: Any, notify: Callable[[], None]) -> _Call:
-        call = _Call(ref, notify)
-        self._calls.put(call)
-        return call
+    def watch(self, source: Any, notifiers: list[Callable[[], None]]) -> list[_Call]:
+        """Collect the outcomes of ``source``: one result ref, or the stream of a batch."""
+        calls = [_Call(notify) for notify in notifiers]
+        self._sent.put((source, calls))
+        return calls
 
     def close(self) -> None:
-        self._calls.put(None)
+        self._sent.put(None)
 
     def _collect(self) -> None:
-        while (call := self._calls.get()) is not None:
-            call.outcome = _outcome(call.ref)
-            notify, call.ref, call.notify = call.notify, None, None  # nothing kept once read
-            assert notify is not None
-            notify()
+        while (sent := self._sent.get()) is not None:
+            self._finish(*sent)
             # Nothing of a finished call stays here: its result belongs to its future alone.
-            del call, notify
+            del sent
+
+    @staticmethod
+    def _finish(source: Any, calls: list[_Call]) -> None:
+        if isinstance(source, ray.ObjectRef):
+            calls[0].finish(_outcome(source))
+            return
+        ended: Outcome | None = None  # once the stream broke off: for the calls after
+        for call in calls:
+            if ended is None:
+                try:
+                    outcome = _outcome(next(source))
+                except StopIteration:
+                    ended = outcome = Outcome(Status.NOT_RUN, detail="its batch ended early")
+                except ray.exceptions.RayError as exc:
+                    outcome = _failure(exc)
+                if outcome.status is Status.DIED:
+                    ended = outcome
+            call.finish(ended or outcome)
 
 
 def _outcome(ref: Any) -> Outcome:
     """What the call behind ``ref`` gave, waiting for it."""
     try:
         status, value, *rest = ray.get(ref)
-    except ray.exceptions.RayActorError as exc:
-        return Outcome(Status.DIED, detail=_death(exc))
     except ray.exceptions.RayError as exc:
-        # The call never reached the function (its arguments could not be rebuilt on the
-        # worker, or its result could not be stored): this task fails alone.
-        return Outcome(Status.RAISED, SerializationError(f"{type(exc).__name__}: {exc}"))
+        return _failure(exc)
     if status == Status.RAISED.value:
         return Outcome(Status.RAISED, _wire.load_exception(value), rest[0] if rest else None)
     return Outcome(Status.OK, value, rest[0] if rest else None)
+
+
+def _failure(exc: BaseException) -> Outcome:
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return Outcome(Status.DIED, detail=_death(exc))
+    # The call never reached the function (its arguments could not be rebuilt on the
+    # worker), or its result could not be stored: it fails alone.
+    return Outcome(Status.RAISED, SerializationError(f"{type(exc).__name__}: {exc}"))
 
 
 class _Transport:
@@ -185,17 +216,19 @@ class _Transport:
 
     def start(self, lane: int, notify: Callable[[], None]) -> tuple[_Actor, _Call]:
         actor = _Actor(LaneActor.options(**self._actor_options).remote(self._trim))  # type: ignore[attr-defined]
-        return actor, actor.watch(actor.handle.ready.remote(*self._init), notify)
+        return actor, actor.watch(actor.handle.ready.remote(*self._init), [notify])[0]
 
-    def send(self, actor: _Actor, task: LaneTask, notify: Callable[[], None]) -> _Call:
+    def send(
+        self, actor: _Actor, tasks: list[LaneTask], notifiers: list[Callable[[], None]]
+    ) -> list[_Call]:
         try:
-            ref = actor.handle.run.remote(task.call)
+            stream = actor.handle.run.remote([task.call for task in tasks])
         except Exception as exc:
             raise SerializationError(
-                f"could not send {task}: {exc!r}; pass picklable values (module-level "
-                "functions, plain data, numpy arrays) or make the object picklable"
+                f"could not send {', '.join(map(str, tasks))}: {exc!r}; pass picklable values "
+                "(module-level functions, plain data, numpy arrays) or make the object picklable"
             ) from exc
-        return actor.watch(ref, notify)
+        return actor.watch(stream, notifiers)
 
     def outcome(self, call: _Call) -> Outcome:
         assert call.outcome is not None, "outcome() before the call's notification"

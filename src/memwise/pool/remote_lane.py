@@ -28,6 +28,7 @@ class Status(enum.Enum):
     OK = "ok"  # the call returned; ``value`` is its result
     RAISED = "raised"  # the function (or the initializer) raised ``value``
     DIED = "died"  # the worker died; ``detail`` says how
+    NOT_RUN = "not run"  # the batch it was sent in broke off before it: send it again
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,11 @@ class Transport(Protocol):
         """Start a worker for ``lane``; return its handle and the token of its start-up call
         (which runs the initializer and reports pid and node). ``notify`` fires when done."""
 
-    def send(self, handle: Any, task: LaneTask, notify: Callable[[], None]) -> Any:
-        """Call the task on the worker; return a token; ``notify`` fires when it is done."""
+    def send(
+        self, handle: Any, tasks: list[LaneTask], notifiers: list[Callable[[], None]]
+    ) -> list[Any]:
+        """Send ``tasks`` to the worker, to run in this order (in one message, when the
+        transport can); return a token per task, whose ``notify`` fires when it is done."""
 
     def outcome(self, token: Any) -> Outcome:
         """What a finished call gave (never blocks once ``notify`` fired)."""

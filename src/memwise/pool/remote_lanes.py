@@ -8,10 +8,8 @@ The local pool's rules hold here, on remote workers reached through a
   until its last task is done, so its tasks run in submission order on one worker, also across
   ``resize``; a lane removed by a shrink drains (runs the tasks of the keys pinned to it, takes
   nothing else) and then ends;
-- **pipelining**: up to ``PIPELINE`` calls are in flight per lane, so a lane never waits for a
-  round trip between tasks; the first call in flight is the one running. With
-  ``Recycle(memory=)`` only ``PIPELINE_MEMORY``: calls already sent to a worker that grew too
-  big still run on it;
+- **pipelining and batches** (:mod:`memwise.pool.remote_dispatch`): several calls are in
+  flight per lane, sent in batches; the first call in flight is the one running;
 - **failures are per future** (:mod:`memwise.pool.remote_deaths`);
 - **recycling** by task count and by the worker's own private memory, reported after each task;
 - **latest wins**: tasks with a ``coalesce`` tag wait in this process (never in a remote
@@ -35,19 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memwise.errors import BrokenPool, ClosedError, WorkerInitError
-from memwise.pool import remote_deaths
+from memwise.pool import remote_deaths, remote_dispatch
 from memwise.pool.events import PoolEvent
 from memwise.pool.lanes import Lanes
 from memwise.pool.options import TaskOptions
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import TaskQueue
+from memwise.pool.remote_dispatch import PIPELINE, PIPELINE_MEMORY
 from memwise.pool.remote_lane import Durations, Lane, LaneTask, Outcome, Sent, Status, Transport
 from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
-
-PIPELINE = 16  # calls in flight per lane: enough to hide a remote round trip per call
-PIPELINE_MEMORY = 2  # with Recycle(memory=), which can only act between calls
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,7 @@ class LaneSupervisor:
         self.failures: deque[float] = deque()  # recent failed starts (see remote_deaths)
         self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._generations = itertools.count(1)
-        self._pipeline = PIPELINE if config.recycle.memory is None else PIPELINE_MEMORY
+        self.pipeline = PIPELINE if config.recycle.memory is None else PIPELINE_MEMORY
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ----- called from user threads -------------------------------------------------------
@@ -193,7 +189,7 @@ class LaneSupervisor:
                             action = None
                     remote_deaths.enforce_deadlines(self)
                     self._check_started()
-                    self._dispatch()
+                    remote_dispatch.dispatch(self)
         except BaseException as exc:
             with self.lock:
                 self.break_pool(BrokenPool(f"the pool's supervisor failed: {exc!r}"))
@@ -264,7 +260,7 @@ class LaneSupervisor:
         if replaces is not None:
             lane.restarts, lane.recycles = replaces.restarts, replaces.recycles
         ready = Sent(None)
-        lane.handle, ready.token = self.transport.start(index, self._notifier(lane, ready))
+        lane.handle, ready.token = self.transport.start(index, self.notifier(lane, ready))
         lane.sent.append(ready)
         lane.head_since = time.monotonic()
         self.lanes[index] = lane
@@ -272,7 +268,8 @@ class LaneSupervisor:
         if replaces is not None:
             self.emit("worker_replaced", lane=lane, reason=reason)
 
-    def _notifier(self, lane: Lane, sent: Sent) -> Callable[[], None]:
+    def notifier(self, lane: Lane, sent: Sent) -> Callable[[], None]:
+        """What the transport calls once ``sent`` is done: post it to the inbox."""
         generation = lane.generation
         return lambda: self._inbox.put(lambda: self._on_done(lane, generation, sent))
 
@@ -294,47 +291,6 @@ class LaneSupervisor:
         if not self.started.is_set() and all(lane.pid is not None for lane in self.lanes.values()):
             self.started.set()
 
-    # ----- dispatching -------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        if self.broken is not None or not self.queue:
-            return
-        count = self.pins.count
-        for depth in range(1, self._pipeline + 1):
-            for lane in list(self.lanes.values()):
-                if len(lane.sent) < depth and self._accepts(lane):
-                    # A draining lane runs only the tasks of the keys pinned to it.
-                    self._send_next(lane, general=lane.index < count)
-
-    def _accepts(self, lane: Lane) -> bool:
-        limit = self.config.recycle.tasks
-        return lane.retiring is None and (limit is None or lane.dispatched < limit)
-
-    def _send_next(self, lane: Lane, general: bool) -> None:
-        while True:
-            task = self.queue.pop_for(lane.index, general)
-            if task is None:
-                return
-            assert isinstance(task, LaneTask)
-            if task.coalesce is not None and lane.busy:
-                self.queue.push_back([task])  # a latest-wins task waits here for an idle lane
-                return
-            if self.latest.get(task.coalesce) is task:
-                del self.latest[task.coalesce]
-            if task.claim():
-                break
-        sent = Sent(task)
-        try:
-            sent.token = self.transport.send(lane.handle, task, self._notifier(lane, sent))
-        except Exception as exc:  # the call could not be serialized: this task fails alone
-            self.fail(task, exc, lane)
-            return
-        if not lane.sent:
-            lane.head_since = time.monotonic()
-            self.emit("task_started", task=task, lane=lane)
-        lane.sent.append(sent)
-        lane.dispatched += 1
-
     # ----- results -----------------------------------------------------------------------
 
     def _on_done(self, lane: Lane, generation: int, sent: Sent) -> None:
@@ -349,6 +305,11 @@ class LaneSupervisor:
                 remote_deaths.on_death(self, lane, outcome)
                 return
             lane.sent.popleft()
+            if outcome.status is Status.NOT_RUN:
+                assert head.task is not None
+                lane.head_since = time.monotonic()
+                self.queue.push_back([head.task])
+                continue
             now = time.monotonic()
             seconds, lane.head_since = now - lane.head_since, now
             if head.task is None:
@@ -392,7 +353,7 @@ class LaneSupervisor:
         else:
             self.fail(task, outcome.value, lane)
         reason = self.config.recycle.after_task(lane.tasks_done, lane.private)
-        if reason is None and not self._accepts(lane):
+        if reason is None and not remote_dispatch.accepts(self, lane):
             reason = "tasks"  # every call it may take has been sent
         if reason is not None and lane.retiring is None:
             lane.retiring = reason
