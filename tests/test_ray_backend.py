@@ -223,6 +223,26 @@ def test_unpicklable_argument_fails_its_future_only(ray_cluster):
         assert pool.submit(_tasks.square, 2).result(WAIT) == 4
 
 
+def test_an_argument_the_actor_cannot_rebuild_fails_only_its_task(ray_cluster, tmp_path):
+    with make_pool("ray", workers=1) as pool:
+        blocker = pool.submit(_tasks.block, tmp_path / "pid", tmp_path / "go")
+        _tasks.read_pid(tmp_path / "pid")
+        ahead = [pool.submit(_tasks.square, i) for i in range(8)]  # the lane's pipeline is full
+        # So these three wait here, and go to the actor together, in one batch.
+        batch = [
+            pool.submit(_tasks.square, 5),
+            pool.submit(_tasks.identity, _tasks.Unloadable()),
+            pool.submit(_tasks.square, 6),
+        ]
+        _tasks.touch(tmp_path / "go")
+        blocker.result(WAIT)
+        assert [f.result(WAIT) for f in ahead] == [i * i for i in range(8)]
+        assert (batch[0].result(WAIT), batch[2].result(WAIT)) == (25, 36)
+        with pytest.raises(SerializationError):
+            batch[1].result(WAIT)
+        assert pool.snapshot().restarts == 0
+
+
 def test_workers_are_actors_one_per_lane(ray_cluster):
     with make_pool("ray") as pool:
         snapshot = pool.snapshot()

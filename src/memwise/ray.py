@@ -177,6 +177,8 @@ class _Actor:
                     outcome = _failure(exc)
                 if outcome.status is Status.DIED:
                     ended = outcome
+                elif call is calls[0] and len(calls) > 1 and _not_rebuilt(outcome):
+                    ended = outcome = Outcome(Status.RESEND_ALONE)
             call.finish(ended or outcome)
 
 
@@ -191,12 +193,21 @@ def _outcome(ref: Any) -> Outcome:
     return Outcome(Status.OK, value, rest[0] if rest else None)
 
 
+def _not_rebuilt(outcome: Outcome) -> bool:
+    """Whether a batch failed before its first call ran: Ray could not rebuild its arguments
+    on the worker (a system error; a result that cannot be stored is a ``TypeError``)."""
+    cause = outcome.value.__cause__ if outcome.status is Status.RAISED else None
+    return isinstance(cause, ray.exceptions.RaySystemError)
+
+
 def _failure(exc: BaseException) -> Outcome:
     if isinstance(exc, ray.exceptions.RayActorError):
         return Outcome(Status.DIED, detail=_death(exc))
     # The call never reached the function (its arguments could not be rebuilt on the
     # worker), or its result could not be stored: it fails alone.
-    return Outcome(Status.RAISED, SerializationError(f"{type(exc).__name__}: {exc}"))
+    error = SerializationError(f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return Outcome(Status.RAISED, error)
 
 
 class _Transport:

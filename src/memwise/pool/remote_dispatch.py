@@ -9,8 +9,9 @@
   one): per task, that costs a fraction of a remote call each. A lone task goes at once;
 - lanes are dealt tasks in turn, depth first, so work spreads evenly; a draining lane gets
   only the tasks of the keys pinned to it; a latest-wins task goes only to an idle lane;
-- a batch that cannot be sent (a call that cannot be serialized) is sent again task by task,
-  so that only the bad task fails.
+- a batch that cannot be sent (a call that cannot be serialized here) or rebuilt on the worker
+  (a call whose arguments cannot be unpickled there) is sent again task by task, so that only
+  the bad task fails.
 """
 
 from __future__ import annotations
@@ -34,16 +35,26 @@ def dispatch(sup: LaneSupervisor) -> None:
     count = sup.pins.count
     lanes = [lane for lane in sup.lanes.values() if len(lane.sent) <= sup.pipeline // 2]
     batches: dict[int, list[LaneTask]] = {lane.index: [] for lane in lanes}
+    full: set[int] = set()  # lanes whose batch may take no more (it holds a task sent alone)
     # Depth first, lanes in turn: work is dealt evenly over the lanes.
     for depth in range(1, sup.pipeline + 1):
         for lane in lanes:
             batch = batches[lane.index]
-            if sup.queue and len(lane.sent) + len(batch) < depth and accepts(sup, lane):
-                # A draining lane runs only the tasks of the keys pinned to it.
-                task = _next_task(sup, lane, lane.index < count, lane.busy or bool(batch))
-                if task is not None:
-                    batch.append(task)
-                    lane.dispatched += 1
+            if lane.index in full or not sup.queue or len(lane.sent) + len(batch) >= depth:
+                continue
+            if not accepts(sup, lane):
+                continue
+            # A draining lane runs only the tasks of the keys pinned to it.
+            task = _next_task(sup, lane, lane.index < count, lane.busy or bool(batch))
+            if task is None:
+                continue
+            if task.alone and batch:
+                sup.queue.push_back([task])  # it goes in a batch of its own, next time
+            else:
+                batch.append(task)
+                lane.dispatched += 1
+            if task.alone:
+                full.add(lane.index)
     for lane in lanes:
         if batches[lane.index]:
             _send(sup, lane, batches[lane.index])

@@ -29,6 +29,9 @@ class Status(enum.Enum):
     RAISED = "raised"  # the function (or the initializer) raised ``value``
     DIED = "died"  # the worker died; ``detail`` says how
     NOT_RUN = "not run"  # the batch it was sent in broke off before it: send it again
+    # Its batch could not be rebuilt on the worker (one call's arguments): nothing ran; each
+    # of its calls is sent again on its own, so that only the bad one fails.
+    RESEND_ALONE = "resend alone"
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Outcome:
 class LaneTask(Task):
     """A task for a remote worker: the call itself travels by the transport, not pickled here."""
 
-    __slots__ = ("call",)
+    __slots__ = ("alone", "call")
 
     def __init__(self, future: Future[Any], call: tuple[Any, ...], options: TaskOptions) -> None:
         fn = call[0]
@@ -53,6 +56,7 @@ class LaneTask(Task):
             coalesce=options.coalesce,
         )  # fmt: skip
         self.call = call
+        self.alone = False  # sent in a batch of its own (see Status.RESEND_ALONE)
 
 
 class Transport(Protocol):

@@ -305,8 +305,9 @@ class LaneSupervisor:
                 remote_deaths.on_death(self, lane, outcome)
                 return
             lane.sent.popleft()
-            if outcome.status is Status.NOT_RUN:
+            if outcome.status in (Status.NOT_RUN, Status.RESEND_ALONE):
                 assert head.task is not None
+                head.task.alone |= outcome.status is Status.RESEND_ALONE
                 lane.head_since = time.monotonic()
                 self.queue.push_back([head.task])
                 continue
