@@ -4,8 +4,7 @@ Supervisor thread only. A worker is in exactly one of three places until it is f
 lane (``_workers``), retiring (recycled: it finishes what it holds, then stops), or spare
 (started ahead by ``Recycle(spares=)``, so that a recycled worker's replacement is already
 warm). The crew also owns what the supervisor waits on (every worker's connection and process
-sentinel, plus the wake-up pipe) and the deadlines of its workers: start-up, stop grace,
-timeouts, idle recycling and the hard memory limit.
+sentinel, plus the wake-up pipe); :mod:`memwise.pool.deadlines` acts on its workers' deadlines.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ import logging
 import pickle
 import selectors
 import threading
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from memwise.errors import SerializationError, WorkerInitError
-from memwise.memory import private_memory
 from memwise.pool import worker as _worker_module
 from memwise.pool._protocol import Init, InitOptions, Stop, encode
 from memwise.pool.config import PoolConfig
@@ -85,7 +83,6 @@ class Crew:
         # Why a lane's previous process went, until its replacement starts (worker_replaced).
         self._vacated: dict[int, str] = {}
         self._selector = selectors.DefaultSelector()
-        self._next_poll = 0.0  # of private memory, for Recycle(hard_memory=)
         self._retry_start_at: float | None = None
 
     # ----- who is where ------------------------------------------------------------------
@@ -108,6 +105,9 @@ class Crew:
     def everyone(self) -> list[Worker]:
         """Every worker process alive: in lanes, retiring, and spares."""
         return [*self._workers.values(), *self._retiring, *self._spares]
+
+    def is_spare(self, worker: Worker) -> bool:
+        return worker in self._spares
 
     def vacated(self, lane: int, reason: str) -> None:
         """The process of ``lane`` went for ``reason``; its replacement will say so."""
@@ -350,97 +350,8 @@ class Crew:
             self.forget(worker)
         self._selector.close()
 
-    # ----- deadlines ---------------------------------------------------------------------
-
-    def enforce_deadlines(self, now: float) -> float | None:
-        """Act on overdue workers; the next worker deadline (or None)."""
-        nearest: float | None = None
-        for worker in self.everyone():
-            deadline = worker.deadline(self._config.init_timeout, self._idle_limit(worker))
-            if deadline is not None and deadline <= now:
-                self._on_deadline(worker)
-            elif deadline is not None and (nearest is None or deadline < nearest):
-                nearest = deadline
-        return nearest
-
-    def poll_memory(self, now: float) -> float | None:
-        """Enforce ``Recycle(hard_memory=)`` on busy workers; when to look next (or None)."""
-        if self._config.recycle.hard_memory is None or not any(
-            w.outstanding for w in self._workers.values()
-        ):
-            return None
-        if now >= self._next_poll:
-            self._check_hard_memory()
-            self._next_poll = now + self._config.recycle.poll
-        return self._next_poll
-
     def start_retry(self, now: float) -> float | None:
         """When to try again to start a process the OS refused (None: no retry pending)."""
         if self._retry_start_at is not None and self._retry_start_at <= now:
             self._retry_start_at = None  # the loop calls staff next
         return self._retry_start_at
-
-    def _idle_limit(self, worker: Worker) -> float | None:
-        idle = self._config.recycle.idle
-        if worker in self._spares:
-            return idle
-        # A fresh worker inside the minimum would only be replaced by another fresh one.
-        if idle is None or (worker.tasks_done == 0 and worker.lane < self._lanes.minimum):
-            return None
-        return idle
-
-    def _on_deadline(self, worker: Worker) -> None:
-        # A submitting thread may have handed this (idle) worker a task since the deadline was
-        # computed: take the loans back and look again.
-        self._inbox.reclaim()
-        config = self._config
-        deadline = worker.deadline(config.init_timeout, self._idle_limit(worker))
-        if deadline is None or deadline > self._clock():
-            return
-        if worker.state is State.STARTING:
-            what = "its initializer did not finish" if config.init_payload else "not ready"
-            worker.init_error = WorkerInitError(
-                f"a worker (pid {worker.pid}) was {what} within init_timeout="
-                f"{config.init_timeout} s; it was killed"
-            )
-            self.kill(worker, "init timeout")
-        elif worker.state is State.STOPPING:
-            self.kill(worker, "stop timeout")
-        elif worker.outstanding:
-            worker.timed_out = worker.outstanding[0]
-            self.kill(worker, "timeout")
-        elif worker in self._spares:
-            self.stop(worker)
-        else:
-            self.retire(worker, "idle")
-
-    def _check_hard_memory(self) -> None:
-        limit = self._config.recycle.hard_memory_bytes
-        assert limit is not None
-        for worker in list(self._workers.values()):
-            if not worker.outstanding or worker.kill_reason is not None:
-                continue
-            try:
-                worker.private = private_memory(worker.pid)
-            except (ProcessLookupError, PermissionError):
-                continue
-            if worker.private > limit:
-                self._tally.recycled(worker.lane, "hard_memory")
-                logger.info(
-                    "killing worker pid %d in lane %d: private memory %d bytes is over the "
-                    "hard limit of %d",
-                    worker.pid,
-                    worker.lane,
-                    worker.private,
-                    limit,
-                )
-                self._hub.announce(
-                    "worker_recycled", lane=worker.lane, pid=worker.pid, reason="memory"
-                )
-                self.kill(worker, "memory")
-
-
-def earliest(*deadlines: float | None) -> float | None:
-    """The nearest of some deadlines, ignoring None."""
-    known: Iterable[float] = (d for d in deadlines if d is not None)
-    return min(known, default=None)

@@ -35,7 +35,8 @@ The parts, each owning its own state (see their modules):
   tasks handed over, the workers lent for the direct path, the wake-up pipe, whether the pool
   is closing or broken), under its ``lock``. The loan invariant is stated there, once.
 - :class:`~memwise.pool.crew.Crew`: the processes, by lane, retiring and spare; starting,
-  stopping, killing, forgetting them; their deadlines; what this thread waits on.
+  stopping, killing, forgetting them; what this thread waits on.
+  :class:`~memwise.pool.deadlines.Deadlines` acts on their deadlines.
 - :class:`~memwise.pool.dispatch.Dispatcher`: the queue's policies (latest wins, pipelining,
   budget admission, stealing) and what finished tasks teach them.
 - :class:`~memwise.pool.results.Results` and :class:`~memwise.pool.deaths.Deaths`: what
@@ -67,7 +68,8 @@ from memwise.errors import BrokenPool, ClosedError
 from memwise.pool import stats
 from memwise.pool.config import PoolConfig
 from memwise.pool.context import get_context
-from memwise.pool.crew import Crew, earliest
+from memwise.pool.crew import Crew
+from memwise.pool.deadlines import Deadlines, earliest
 from memwise.pool.deaths import Deaths
 from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import Worker
@@ -134,6 +136,9 @@ class Supervisor:
             start_failed=self._start_failed,
         )
         crew.watch(inbox.wake_fd, self._on_wake)
+        self._deadlines = Deadlines(
+            config, crew=crew, inbox=inbox, lanes=lanes, tally=tally, hub=hub
+        )
         self._dispatcher = dispatcher = Dispatcher(
             config, queue=queue, crew=crew, inbox=inbox, lanes=lanes, tally=tally, hub=hub
         )
@@ -329,9 +334,9 @@ class Supervisor:
         """Act on whatever is overdue; return the seconds until the next deadline (or None)."""
         now = self._clock()
         nearest = earliest(
-            self._crew.enforce_deadlines(now),  # start-up, stop grace, timeouts, idle
+            self._deadlines.enforce(now),  # start-up, stop grace, timeouts, idle
             self._dispatcher.steal_overdue(now),
-            self._crew.poll_memory(now),
+            self._deadlines.poll_memory(now),
             self._crew.start_retry(now),
             self._dispatcher.budget_recheck(now),
         )
