@@ -135,9 +135,9 @@ class Crew:
         except (KeyError, ValueError, OSError):
             pass
 
-    def wait(self, timeout: float | None) -> list[Callable[[], None]]:
-        """Wait for something to happen; the callbacks of what did."""
-        return [key.data for key, _events in self._selector.select(timeout)]
+    def wait(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait for something to happen; what did (each key's ``data`` is its callback)."""
+        return self._selector.select(timeout)
 
     # ----- starting ----------------------------------------------------------------------
 

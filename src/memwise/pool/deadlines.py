@@ -9,7 +9,6 @@ exit handling then fails or re-queues what it held.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from memwise.errors import WorkerInitError
 from memwise.memory import private_memory
@@ -70,10 +69,10 @@ class Deadlines:
 
     def _idle_limit(self, worker: Worker) -> float | None:
         idle = self._config.recycle.idle
-        if self._crew.is_spare(worker):
+        if idle is None or self._crew.is_spare(worker):
             return idle
         # A fresh worker inside the minimum would only be replaced by another fresh one.
-        if idle is None or (worker.tasks_done == 0 and worker.lane < self._lanes.minimum):
+        if worker.tasks_done == 0 and worker.lane < self._lanes.minimum:
             return None
         return idle
 
@@ -130,5 +129,8 @@ class Deadlines:
 
 def earliest(*deadlines: float | None) -> float | None:
     """The nearest of some deadlines, ignoring None."""
-    known: Iterable[float] = (d for d in deadlines if d is not None)
-    return min(known, default=None)
+    nearest = None
+    for deadline in deadlines:
+        if deadline is not None and (nearest is None or deadline < nearest):
+            nearest = deadline
+    return nearest

@@ -68,25 +68,16 @@ class Inbox:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._closing = False  # no new task is accepted; set once
+        # Read by anyone without the lock (each is set once, under it, by this class only):
+        self.closing = False  # no new task is accepted (close, terminate)
+        self.broken: BaseException | None = None  # why the pool broke (break_locked)
         self._cancel_queued = False
         self._terminate: BaseException | None = None
-        self._broken: BaseException | None = None  # set once, by break_locked
 
     @property
     def wake_fd(self) -> int:
         """The read end of the wake-up pipe, for the supervisor's selector."""
         return self._wake_r
-
-    @property
-    def closing(self) -> bool:
-        """Whether the pool was shut down (set once; read without the lock is fine)."""
-        return self._closing
-
-    @property
-    def broken(self) -> BaseException | None:
-        """Why the pool broke, or None (set once; read without the lock is fine)."""
-        return self._broken
 
     def has_incoming(self) -> bool:
         return bool(self._incoming)
@@ -151,14 +142,14 @@ class Inbox:
     def close(self, cancel_queued: bool) -> None:
         """Accept no new task; with ``cancel_queued``, cancel the queued ones."""
         with self.lock:
-            self._closing = True
+            self.closing = True
             self._cancel_queued = self._cancel_queued or cancel_queued
             self.poke_locked()
 
     def terminate(self, error: BaseException) -> None:
         """Ask the supervisor to fail everything with ``error`` and kill every worker."""
         with self.lock:
-            self._closing = True
+            self.closing = True
             self._terminate = self._terminate or error
             self.poke_locked()
 
@@ -197,9 +188,9 @@ class Inbox:
 
     def break_locked(self, error: BaseException) -> list[Task] | None:
         """Mark the pool broken; the tasks handed over, or None if it already was."""
-        if self._broken is not None:
+        if self.broken is not None:
             return None
-        self._broken = error
+        self.broken = error
         self._lent.clear()
         tasks = list(self._incoming)
         self._incoming.clear()

@@ -281,8 +281,8 @@ class Supervisor:
                         break
                 ready = crew.wait(timeout)
                 with state:
-                    for callback in ready:
-                        callback()
+                    for key, _events in ready:
+                        key.data()
                     if timeout is not None:
                         self._enforce_deadlines()  # a deadline passed: act before dispatching
                     dispatcher.dispatch()
