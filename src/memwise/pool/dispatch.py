@@ -85,15 +85,17 @@ class Dispatcher:
 
     # ----- what is queued ----------------------------------------------------------------
 
-    def enqueue(self, task: Task) -> None:
-        """Queue a task handed over by a submitting thread."""
-        if task.coalesce is not None:
-            # Latest wins: drop the queued task with the same tag, if it has not started.
-            previous = self._latest.get(task.coalesce)
-            if previous is not None and self._drop(previous, "coalesced"):
-                self._dropped += 1  # it stays in the queue until popped
-            self._latest[task.coalesce] = task
-        self._queue.push(task)
+    def enqueue(self, tasks: list[Task]) -> None:
+        """Queue the tasks handed over by submitting threads, in submission order."""
+        push = self._queue.push
+        for task in tasks:
+            if task.coalesce is not None:
+                # Latest wins: drop the queued task with the same tag, if it has not started.
+                previous = self._latest.get(task.coalesce)
+                if previous is not None and self._drop(previous, "coalesced"):
+                    self._dropped += 1  # it stays in the queue until popped
+                self._latest[task.coalesce] = task
+            push(task)
 
     def cancel_queued(self, reason: str) -> None:
         """Cancel every queued task (shutdown with ``cancel_futures``)."""

@@ -314,8 +314,7 @@ class Supervisor:
 
     def _on_wake(self) -> None:
         delivery = self._inbox.collect()
-        for task in delivery.tasks:
-            self._dispatcher.enqueue(task)
+        self._dispatcher.enqueue(delivery.tasks)
         if delivery.cancel_queued:
             self._dispatcher.cancel_queued("shutdown")
         if delivery.terminate is not None:
