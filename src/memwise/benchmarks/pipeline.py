@@ -6,7 +6,9 @@ injected defects; denoise/threshold, detection with ``skimage.measure``, verdict
 - serial: the three stages in a row, in this thread;
 - memwise threads / memwise processes: a ``Pipeline`` with frames leased from a shared
   ``BufferPool`` (handles, not copies, to the workers); two threads per heavy stage, or both
-  heavy stages sharing one ``WorkerPool`` of ``PROCESSES`` processes;
+  heavy stages sharing one ``WorkerPool`` of ``PROCESSES`` processes; and the same with
+  detect fused into denoise's task (``pipe(fuse=True)``: one task per frame), shown apart
+  and not used for the targets, since a peer's user could compose the functions too;
 - a hand-written ``multiprocessing.Queue`` chain, pypeln process stages, chained mpire
   ``imap``, spdl with a process executor (each skipped, with the reason, if it does not run).
 
@@ -14,8 +16,10 @@ Every system is timed the same way (:func:`memwise.demos._lines.measure`): warm-
 every process of every heavy stage has run an item, drained, then fresh frames timed from the
 first frame's creation to the last verdict. Per system: frames/s, p50/p99 latency from a
 frame's creation to its verdict, peak memory (private memory of this process and its workers
-plus this process's shared-memory slots, sampled every 20 ms), growth of that over the warm,
-idle system, drops and order violations (results delivered after a later frame's).
+plus this process's shared-memory slots, sampled every 50 ms), growth of that over the warm,
+idle system, CPU time per frame (this process; its workers) and what that allows on this
+machine's CPUs if the system had them to itself (serial: one CPU), drops and order
+violations (results delivered after a later frame's).
 
 Sanity: no system can go faster than serial on every CPU; any that seems to is flagged, and
 so is any not fully warm when timed. The bound itself is measured too: the serial loop in one
@@ -56,6 +60,7 @@ from memwise.pool.api import WorkerPool
 __all__ = ["METRICS", "print_table", "run"]
 
 SUBJECT = "memwise processes"
+FUSED = "memwise processes, fused"  # detect in denoise's task: not counted for the targets
 CAPACITY = 8
 SHM_THRESHOLD = "256 KiB"  # 480x640x3 frames (900 KiB) go through shared-memory slots
 MIN_SPEEDUP_SERIAL = 1.8
@@ -70,6 +75,7 @@ METRICS = (
     Metric("growth_mib", "growth MiB", ",.0f", higher_is_better=False),
     Metric("parent_cpu_ms", "parent CPU ms/frame", ",.1f", higher_is_better=False),
     Metric("workers_cpu_ms", "workers CPU ms/frame", ",.1f", higher_is_better=False),
+    Metric("cpu_limit_fps", "CPU-bound frames/s", ",.1f"),
     Metric("drops", "drops", ",.0f", higher_is_better=False),
     Metric("order_violations", "order violations", ",.0f", higher_is_better=False),
 )
@@ -110,10 +116,11 @@ def _item_bytes(scenes: list[Any]) -> int:
     return pixels.nbytes + peak
 
 
-def _memwise_processes(count: int, scenes: list[Any]) -> LineRun:
+def _memwise_processes(count: int, scenes: list[Any], fuse: bool = False) -> LineRun:
     # One pool for both heavy stages: whichever is the bottleneck may use every process.
     with WorkerPool(PROCESSES, initializer=warm_up, shm_threshold=SHM_THRESHOLD) as pool:
-        return measure(MemwiseLine(scenes, CAPACITY, pool=pool, workers=PROCESSES), count)
+        line = MemwiseLine(scenes, CAPACITY, pool=pool, workers=PROCESSES, fuse=fuse)
+        return measure(line, count)
 
 
 def _systems(count: int, scenes: list[Any], checked: dict[str, LineRun]) -> dict[str, Any]:
@@ -134,6 +141,7 @@ def _systems(count: int, scenes: list[Any], checked: dict[str, LineRun]) -> dict
             lambda: measure(MemwiseLine(scenes, CAPACITY, pool=None), count), "memwise threads"
         ),
         SUBJECT: measured(lambda: _memwise_processes(count, scenes), SUBJECT),
+        FUSED: measured(lambda: _memwise_processes(count, scenes, fuse=True), FUSED),
     }
     for name, kind in PEERS.items():
         systems[name] = measured(peer(kind), name)
@@ -209,6 +217,9 @@ def run(quick: bool = False) -> PipelineResult:
     cpus = len(os.sched_getaffinity(0))
     checked: dict[str, LineRun] = {}
     results, skipped = measure_systems(_systems(sizes.frames, scenes, checked))
+    for name, figures in results.items():
+        cpu_ms = figures["parent_cpu_ms"] + figures["workers_cpu_ms"]
+        figures["cpu_limit_fps"] = (1 if name == "serial" else cpus) * 1000 / max(cpu_ms, 1e-9)
     machine = parallel_bound(sizes.frames, cpus)
     serial = checked.get("serial")
     bound_mib = CAPACITY * item_mib
