@@ -43,6 +43,7 @@ def _line(pool: WorkerPool) -> list[object]:
     line.pipe(lambda x: x + 1, workers=2)
     line.pipe(functools.partial(tasks.fail_on, -1), pool=pool)
     line.pipe(tasks.square, pool=pool.options(key="one lane"))
+    line.pipe(functools.partial(tasks.fail_on, -2), fuse=True)  # in the same task as square
     with line:
         return list(line)
 
