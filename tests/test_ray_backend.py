@@ -27,7 +27,7 @@ from memwise.errors import (
 from memwise.pool.queue import lane_for
 
 pytestmark = [
-    pytest.mark.timeout(120),
+    pytest.mark.timeout(240),  # room for a second start of the local cluster on a loaded machine
     pytest.mark.skipif(not _ray.installed(), reason="Ray is not installed (the 'ray' extra)"),
 ]
 

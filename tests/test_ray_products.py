@@ -24,7 +24,7 @@ from memwise.data import Context, Registry
 from memwise.pipeline import Pipeline
 
 pytestmark = [
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(240),  # room for a second start of the local cluster on a loaded machine
     pytest.mark.skipif(not _ray.installed(), reason="Ray is not installed (the 'ray' extra)"),
 ]
 
