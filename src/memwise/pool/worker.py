@@ -131,7 +131,7 @@ def _initialize(
     return True
 
 
-def _execute(
+def execute(
     task_id: int, payload: bytes, handles: tuple[Any, ...], slots: _oob.WorkerSlots
 ) -> tuple[int, int, bytes, float, tuple[Any, ...]]:
     """Run one task; returns (id, status, pickled result or exception, seconds, result slots).
@@ -205,7 +205,7 @@ def main(
             borrowing = borrowing or bool(handles)
             if probe is not None:
                 probe.start()
-            outcome = _execute(task_id, payload, handles, slots)
+            outcome = execute(task_id, payload, handles, slots)
             peak = None if probe is None else probe.rise()
             returns = _oob.returns() if borrowing else []
             tasks_done += 1
