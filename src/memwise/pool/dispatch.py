@@ -62,6 +62,9 @@ def dispatch(sup: Supervisor) -> None:
     if sup.queue:
         depth = _pipeline_depth(sup)
         batches: dict[Worker, list[Task]] = {w: [] for w in ready}
+        # Payload bytes sent to each worker and not yet read by it, kept up to date as the
+        # batches grow: summing them per task would cost O(depth) for every task dispatched.
+        unread = {w: sum(len(t.payload) for t in w.outstanding) for w in ready}
         progress = True
         try:
             while progress and sup.queue and not sup.budget_blocked:
@@ -69,9 +72,10 @@ def dispatch(sup: Supervisor) -> None:
                 for worker, batch in batches.items():
                     if not _has_room(worker, batch, depth, sup.clock()):
                         continue
-                    task = _next_for(sup, worker, batch)
+                    task = _next_for(sup, worker, batch, unread[worker])
                     if task is not None:
                         batch.append(task)
+                        unread[worker] += len(task.payload)
                         progress = True
             for worker in list(batches):
                 batch = batches.pop(worker)
@@ -100,7 +104,8 @@ def _has_room(worker: Worker, batch: list[Task], depth: int, now: float) -> bool
     return not worker.outstanding or now - worker.busy_since < PIPELINE_SECONDS
 
 
-def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
+def _next_for(sup: Supervisor, worker: Worker, batch: list[Task], unread: int) -> Task | None:
+    """The next task for ``worker``, which has ``batch`` coming and ``unread`` bytes unread."""
     busy = bool(worker.outstanding or batch)
     general = worker.lane < sup.lanes.count  # a draining lane runs only its pinned keys
     while True:
@@ -112,7 +117,7 @@ def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None
         task = sup.queue.pop_for(worker.lane, general)
         if task is None:
             return None
-        if busy and not _pipelinable(task, worker, batch):
+        if busy and not _pipelinable(task, unread):
             sup.queue.push_back([task])
             return None
         if not _admit(sup, task):
@@ -128,14 +133,13 @@ def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None
             sup.task_event("task_cancelled", task, reason="cancelled")
 
 
-def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
-    """Whether ``task`` may be queued on a worker that is busy.
+def _pipelinable(task: Task, unread: int) -> bool:
+    """Whether ``task`` may be queued on a busy worker that has ``unread`` bytes to read.
 
     Not a latest-wins task: it must stay cancellable until a worker is actually free.
     """
     if task.coalesce is not None:
         return False
-    unread = sum(len(t.payload) for t in (*worker.outstanding, *batch))
     return len(task.payload) + unread <= PIPELINE_BYTES
 
 
