@@ -82,7 +82,7 @@ def cpu_stages() -> dict[str, float]:
     """The CPU work of one no-op round trip, stage by stage, replayed here (µs)."""
     from memwise import _oob, _wire
     from memwise.pool import worker
-    from memwise.pool._protocol import OK, Done, Run, TaskEntry, decode, encode
+    from memwise.pool._protocol import OK, Run, TaskEntry, decode, encode, encode_done
     from memwise.pool.ledger import Ledger
     from memwise.pool.task import Task
     from memwise.shared import current_owner
@@ -91,7 +91,7 @@ def cpu_stages() -> dict[str, float]:
     payload = _wire.dumps(call, "the call", calls=True)
     run = encode(Run([TaskEntry(1, payload, ())], (), 0))
     result = _wire.dumps(None, "the result")
-    done = encode(Done(1, OK, result, 0.0, (), [], None, None))
+    done = encode_done(1, OK, result, 0.0, (), [], None, None)
     ledger = Ledger(multiprocessing.get_context())
     slots = _oob.WorkerSlots(current_owner(), _oob.DEFAULT_THRESHOLD)
 
@@ -125,7 +125,7 @@ def cpu_stages() -> dict[str, float]:
         "decode_run": decode_run,
         "ledger": lambda: ledger.begin(1, 0),
         "execute": lambda: worker.execute(1, payload, (), slots),
-        "encode_done": lambda: encode(Done(1, OK, result, 0.0, (), [], None, None)),
+        "encode_done": lambda: encode_done(1, OK, result, 0.0, (), [], None, None),
         "decode_done": decode_done,
         "resolve": resolve,
     }
