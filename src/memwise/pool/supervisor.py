@@ -53,7 +53,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwise import _oob, _wire
+from memwise import _channel, _oob, _wire
 from memwise.budget import MemoryBudget
 from memwise.errors import (
     BrokenPool,
@@ -521,7 +521,7 @@ class Supervisor:
         return [*self.workers.values(), *self.retiring, *self.spares]
 
     def _start_worker(self, lane: int) -> None:
-        conn, child_conn = self._ctx.Pipe(duplex=True)
+        conn, child_conn = _channel.pipe(self._ctx)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
         ledger = Ledger(self._ctx)
         process = self._ctx.Process(  # type: ignore[attr-defined]
