@@ -54,6 +54,7 @@ from memwise.benchmarks._harness import (
     print_result,
     print_targets,
     ratios_against,
+    stage_table,
 )
 from memwise.benchmarks._roundtrip_stages import STAGE_NOTES, breakdown
 from memwise.benchmarks._tasks import inc, noop, numpy_work
@@ -348,13 +349,8 @@ def print_table(result: OverheadResult, console: Console | None = None) -> None:
 
 
 def _breakdown_table(stages: dict[str, float]) -> Table:
-    table = Table(title="memwise sequential round trip of a no-op, by stage (µs)")
-    table.add_column("stage", no_wrap=True)
-    table.add_column("µs", justify="right")
-    table.add_column("what")
-    for stage, us in stages.items():
-        table.add_row(stage, f"{us:,.1f}", STAGE_NOTES.get(stage, ""))
-    return table
+    title = "memwise sequential round trip of a no-op, by stage (µs)"
+    return stage_table(title, stages, "µs", ",.1f", STAGE_NOTES)
 
 
 def _targets(memwise: Figures, ratios: dict[str, Figures]) -> dict[str, Target]:
