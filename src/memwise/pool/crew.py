@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
+from memwise import _channel
 from memwise.errors import SerializationError, WorkerInitError
 from memwise.pool import worker as _worker_module
 from memwise.pool._protocol import Init, InitOptions, Stop, encode
@@ -207,7 +208,7 @@ class Crew:
 
     def _start(self, lane: int) -> None:
         config = self._config
-        conn, child_conn = self._ctx.Pipe(duplex=True)
+        conn, child_conn = _channel.pipe(self._ctx)
         alive_r, alive_w = self._ctx.Pipe(duplex=False)
         ledger = Ledger(self._ctx)
         process = self._ctx.Process(
