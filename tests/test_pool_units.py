@@ -17,11 +17,11 @@ from memwise import _channel
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, MemoryBudgetExceeded, WorkerCrashed
 from memwise.pool import deaths, dispatch
-from memwise.pool._protocol import Run, decode
+from memwise.pool._protocol import Ready, Run, decode
 from memwise.pool.handle import State, Worker
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import TaskQueue
-from memwise.pool.supervisor import PoolConfig, Supervisor
+from memwise.pool.supervisor import SPARE, PoolConfig, Supervisor
 from memwise.pool.task import Task
 
 pytestmark = pytest.mark.timeout(30)
@@ -289,6 +289,34 @@ def test_max_restarts_breaks_the_pool(make_supervisor):
         die(sup, worker, -9, running)
         assert (sup.broken is None) == (death < 2)
     assert "max_restarts=2" in str(sup.broken)
+
+
+def test_a_worker_stopped_while_starting_exits_without_counting_a_death(make_supervisor):
+    sup, _ = make_supervisor()
+    worker, _ = fake_worker(sup, 0)
+    worker.state = State.STARTING
+    sup.stop(worker)  # e.g. a spare still starting when the pool shuts down
+    sup.on_message(worker, Ready(worker.pid))  # its handshake was already on the way
+    assert worker.state is State.STOPPING
+    die(sup, worker, 0)
+    assert (sup.tally.restarts, sup.lane_vacated, len(sup.failures)) == (0, {}, 0)
+
+
+def test_a_ready_spare_takes_a_recycled_workers_lane_and_its_work_at_once(make_supervisor):
+    sup, _ = make_supervisor(workers=1, recycle=Recycle(tasks=1, spares=1))
+    sup.started.set()
+    retired, _ = fake_worker(sup, 0)
+    spare, far = fake_worker(sup, SPARE)
+    del sup.workers[SPARE]
+    sup.spares.append(spare)
+    waiting = task()
+    sup.queue.push(waiting)
+    sup.retire(retired, "tasks")
+    dispatch.dispatch(sup)  # the lane is empty: nothing to send yet
+    assert sup._ensure_workers()  # the spare took the lane ...
+    dispatch.dispatch(sup)  # ... so the loop dispatches again in the same turn
+    assert sup.workers[0] is spare and runs(far) == [[waiting.id]]
+    sup.forget(retired)
 
 
 def test_recycle_spares_start_only_while_work_is_waiting(make_supervisor):

@@ -332,6 +332,7 @@ class Supervisor:
                 if self.lanes.minimum == 0:
                     self.started.set()
                 self._ensure_workers()
+                self._start_spares()
                 timeout = self._enforce_deadlines()
             while True:
                 with state:
@@ -345,7 +346,12 @@ class Supervisor:
                         self._enforce_deadlines()  # a deadline passed: act before dispatching
                     dispatch.dispatch(self)
                     self._retire_drained_lanes()
-                    self._ensure_workers()
+                    if self._ensure_workers():
+                        # A warm spare took a recycled worker's lane: it gets work now, not
+                        # when something next wakes this loop (nothing may, if every lane
+                        # was recycled), and before a new spare's slow start below.
+                        dispatch.dispatch(self)
+                    self._start_spares()
                     timeout = self._enforce_deadlines()
                 self._resolve()
         except BaseException as exc:
@@ -430,13 +436,14 @@ class Supervisor:
 
     # ----- workers -----------------------------------------------------------------------
 
-    def _ensure_workers(self) -> None:
-        """Start workers where needed: the minimum, lanes with keyed work, spare capacity."""
+    def _ensure_workers(self) -> bool:
+        """Fill lanes where needed (the minimum, lanes with keyed work, spare capacity), with a
+        warm spare if there is one; True if a spare took a lane."""
         if self.broken is not None or (self.closing and not self.queue):
-            return
+            return False
         lanes = self.lanes.count
-        if len(self.workers) == lanes and max(self.workers) < lanes and not self._wants_spare():
-            return  # every lane is filled: the common case, on every turn of the loop
+        if len(self.workers) == lanes and max(self.workers) < lanes:
+            return False  # every lane is filled: the common case, on every turn of the loop
         # Lanes with keyed work include draining ones (see memwise.pool.lanes).
         wanted = set(range(self.lanes.minimum)) | self.queue.waiting_lanes()
         spare = sum(
@@ -451,11 +458,18 @@ class Supervisor:
             if lane not in self.workers and lane not in wanted:
                 wanted.add(lane)
                 need -= 1
+        promoted = False
         for lane in sorted(wanted - self.workers.keys()):
             if self._promote_spare(lane):
+                promoted = True
                 continue
             if not self._try_start(lane):
-                return
+                break
+        return promoted
+
+    def _start_spares(self) -> None:
+        if self.broken is not None or self._retry_start_at is not None:
+            return  # broken, or starts are failing: no more processes than the lanes need
         while self._wants_spare() and self._try_start(SPARE):
             pass
 
@@ -738,6 +752,8 @@ class Supervisor:
         if isinstance(message, Done):
             self._on_done(worker, message)
         elif isinstance(message, Ready):
+            if worker.state is not State.STARTING:
+                return  # told to stop while starting (a spare at shutdown): its exit is expected
             worker.state = State.READY
             worker.since = worker.idle_since = self.clock()
             self.event("worker_ready", lane=worker.lane, pid=worker.pid)
