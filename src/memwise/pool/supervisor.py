@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import selectors
 import threading
 import time
@@ -64,7 +63,6 @@ from memwise.errors import (
 )
 from memwise.memory import private_memory
 from memwise.pool import deaths, dispatch, stats
-from memwise.pool import worker as _worker_module
 from memwise.pool._protocol import (
     OK,
     RAISED,
@@ -77,11 +75,11 @@ from memwise.pool._protocol import (
     decode,
     encode,
 )
-from memwise.pool.context import forget_main_hint, get_context
+from memwise.pool.context import get_context
 from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
 from memwise.pool.lanes import Lanes
-from memwise.pool.ledger import Ledger
+from memwise.pool.launcher import Launched, Launcher
 from memwise.pool.policies import Recycle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
@@ -97,8 +95,6 @@ SPARE = -1  # the lane number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
 PEAK_DECAY = 0.9  # per task, of a function's learned peak
 DIRECT_BYTES = 1 << 20  # largest payload a submitting thread writes to a worker itself
-# What multiprocessing raises when it cannot pickle a new process's arguments.
-_START_PICKLING_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -150,6 +146,8 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self.launcher = Launcher(self._ctx, config.start_initargs)
+        self._selector.register(self.launcher, selectors.EVENT_READ, self._on_launched)
         self.queue = TaskQueue()
         # The process in each lane; a lane at or above ``lanes.count`` is draining. Every
         # task sent to a worker is in its ``outstanding`` until its Done or its death.
@@ -446,7 +444,8 @@ class Supervisor:
             return False  # every lane is filled: the common case, on every turn of the loop
         # Lanes with keyed work include draining ones (see memwise.pool.lanes).
         wanted = set(range(self.lanes.minimum)) | self.queue.waiting_lanes()
-        spare = sum(
+        launching = self._launching()
+        spare = len(launching) + sum(
             1
             for w in self.workers.values()
             if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
@@ -455,23 +454,28 @@ class Supervisor:
         for lane in range(lanes):
             if need <= 0:
                 break
-            if lane not in self.workers and lane not in wanted:
+            if lane not in self.workers and lane not in wanted and lane not in launching:
                 wanted.add(lane)
                 need -= 1
         promoted = False
         for lane in sorted(wanted - self.workers.keys()):
+            # A spare that became ready while the lane's own process is still starting takes
+            # the lane; that process becomes a spare when it arrives (see _adopt).
             if self._promote_spare(lane):
                 promoted = True
-                continue
-            if not self._try_start(lane):
-                break
+            elif lane not in launching:
+                self.launcher.request(lane)
         return promoted
+
+    def _launching(self) -> set[int]:
+        """Lanes whose process is being started and still empty."""
+        return {lane for lane in self.launcher.pending() if lane not in self.workers} - {SPARE}
 
     def _start_spares(self) -> None:
         if self.broken is not None or self._retry_start_at is not None:
             return  # broken, or starts are failing: no more processes than the lanes need
-        while self._wants_spare() and self._try_start(SPARE):
-            pass
+        while self._wants_spare():
+            self.launcher.request(SPARE)
 
     def _retire_drained_lanes(self) -> None:
         """Retire the workers of lanes above the count once no key is pinned to them."""
@@ -485,30 +489,11 @@ class Supervisor:
             if not self.lanes.pinned(lane):
                 self.retire(worker, "resize")
 
-    def _try_start(self, lane: int) -> bool:
-        try:
-            self._start_worker(lane)
-        except SerializationError as exc:  # would fail for every worker: the pool cannot work
-            if not self.started.is_set():
-                self.startup_error = exc
-            self.break_pool(exc, cause=exc.__cause__)
-            return False
-        except OSError as exc:
-            error = WorkerInitError(f"could not start a worker process: {exc}")
-            error.__cause__ = exc
-            if not self.started.is_set():
-                self.startup_error = error
-                self.break_pool(error, cause=exc)
-            else:
-                deaths.note_failure(self, error)
-                self._retry_start_at = self.clock() + START_RETRY_SECONDS
-            return False
-        return True
-
     def _wants_spare(self) -> bool:
         """Warm spares hide a recycled worker's start-up, while there is work to hide it from."""
         return (
-            len(self.spares) < self.config.recycle.warm_spares
+            len(self.spares) + len(self.launcher.pending()) - len(self._launching())
+            < self.config.recycle.warm_spares
             and self.started.is_set()
             and not self.closing
             and (bool(self.queue) or any(w.outstanding for w in self.workers.values()))
@@ -534,32 +519,39 @@ class Supervisor:
         """Every worker process alive: in lanes, retiring, and spares."""
         return [*self.workers.values(), *self.retiring, *self.spares]
 
-    def _start_worker(self, lane: int) -> None:
-        conn, child_conn = self._ctx.Pipe(duplex=True)
-        alive_r, alive_w = self._ctx.Pipe(duplex=False)
-        ledger = Ledger(self._ctx)
-        process = self._ctx.Process(  # type: ignore[attr-defined]
-            target=_worker_module.main,
-            args=(child_conn, alive_r, ledger, self.config.start_initargs),
-            name=f"memwise-worker-{lane}",
-        )
-        try:
-            process.start()
-        except _START_PICKLING_FAILURES as exc:
-            conn.close()
-            alive_w.close()
-            raise SerializationError(
-                f"could not hand the initializer's arguments to a new worker: {exc!r}; pass "
-                "picklable values, and multiprocessing queues, locks or events made by the "
-                "pool's start method (multiprocessing.get_context(...).Queue())"
-            ) from exc
-        finally:
-            child_conn.close()
-            alive_r.close()
-            forget_main_hint()
-        worker = Worker(lane, process, conn, alive_w, ledger, self.clock())
+    def _on_launched(self) -> None:
+        """The launcher started processes (or failed to): make workers of them."""
+        for outcome in self.launcher.collect():
+            if isinstance(outcome, Launched):
+                self._adopt(outcome)
+            else:
+                self._start_failed(outcome.error)
+
+    def _start_failed(self, exc: BaseException) -> None:
+        if self.broken is not None:
+            return  # the pool has its error already
+        if isinstance(exc, SerializationError):  # would fail for every worker: the pool cannot work
+            if not self.started.is_set():
+                self.startup_error = exc
+            self.break_pool(exc, cause=exc.__cause__)
+        elif isinstance(exc, OSError):
+            error = WorkerInitError(f"could not start a worker process: {exc}")
+            error.__cause__ = exc
+            if not self.started.is_set():
+                self.startup_error = error
+                self.break_pool(error, cause=exc)
+            else:
+                deaths.note_failure(self, error)
+                self._retry_start_at = self.clock() + START_RETRY_SECONDS
+        else:
+            raise exc
+
+    def _adopt(self, launched: Launched) -> None:
+        lane, process, conn = launched.lane, launched.process, launched.conn
+        worker = Worker(lane, process, conn, launched.alive, launched.ledger, self.clock())
         self.event("worker_started", lane=lane, pid=worker.pid)
-        if lane == SPARE:
+        if lane == SPARE or lane in self.workers:
+            worker.lane = SPARE
             self.spares.append(worker)
         else:
             self.workers[lane] = worker
@@ -582,6 +574,8 @@ class Supervisor:
             worker.channel.send(encode(Init(self.config.init_payload, options)))
         except OSError:
             pass  # it died already; its sentinel will say how
+        if self.broken is not None:
+            self.kill(worker, "broken")  # started before the pool broke
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
@@ -871,6 +865,9 @@ class Supervisor:
     # ----- the end -----------------------------------------------------------------------
 
     def _cleanup(self) -> None:
+        self._selector.unregister(self.launcher)
+        for launched in self.launcher.close():  # started while the pool was ending
+            self._adopt(launched)
         for worker in self.everyone():
             self.kill(worker, "cleanup")
             worker.process.join(5.0)

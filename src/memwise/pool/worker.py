@@ -110,19 +110,6 @@ def _die_with_parent(alive: Any) -> None:
             pass
 
 
-def _yield_cpu() -> None:
-    """Exit at the lowest CPU priority: a recycled worker's replacement is already at work.
-
-    Returning a large heap to the OS is the kernel's work at exit (measured: ~10 ms of CPU for
-    60 MiB), taken from the workers still running when the cores are all busy. At the lowest
-    priority it runs mostly while a core idles; the memory is still freed within moments.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
-    except (AttributeError, OSError):
-        pass  # no such call on this platform: exit at the usual priority
-
-
 def _send(channel: _channel.Channel, message: Any) -> None:
     channel.send(encode(message))
 
@@ -207,7 +194,6 @@ def main(
     recycle = options.recycle
     probe = PeakProbe() if options.measure_peak else None
     borrowing = False
-    retiring = False
     tasks_done = 0
     newest_epoch = -1
     backlog: deque[tuple[int, TaskEntry]] = deque()
@@ -229,7 +215,6 @@ def main(
                 # go to another worker, and this one's memory never exceeds its limit by more
                 # than one task's worth. The supervisor reaches the same verdict from "done".
                 ledger.revoke(newest_epoch)
-                retiring = True
             _send(channel, Done(*outcome, returns, private, peak))
             continue
         if not inbox:
@@ -240,8 +225,6 @@ def main(
             continue
         message: Run | Stop = decode(inbox.popleft())
         if isinstance(message, Stop):
-            if retiring:
-                _yield_cpu()
             return
         newest_epoch = message.epoch
         slots.stock(message.restock)
