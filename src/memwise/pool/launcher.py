@@ -1,18 +1,21 @@
-"""Starting worker processes off the supervisor's thread.
+"""Starting spare worker processes off the supervisor's thread.
 
 ``Process.start()`` through the forkserver returns only once the server has forked and sent
 back the new pid: a few milliseconds on an idle machine, tens on a busy one (measured under
-load: 44 ms per start, 24 of them waiting for the pid). A supervisor starting processes itself
-could neither hand out tasks nor collect results meanwhile, so every worker idled after its
-task whenever a recycled worker was replaced or a spare started. The launcher's thread does
-that part: the supervisor asks for a process per lane (:meth:`Launcher.request`), carries on,
-and picks the started processes up (:meth:`Launcher.collect`) when the launcher's pipe
+load: 44 ms per start, 24 of them waiting for the pid). A supervisor starting a spare itself
+(which it does right after a recycle, while the other workers are busy) could neither hand out
+tasks nor collect results meanwhile, so every worker idled after its task. The launcher's
+thread does that part: the supervisor asks for a process (:meth:`Launcher.request`), carries
+on, and picks the started processes up (:meth:`Launcher.collect`) when the launcher's pipe
 (:meth:`Launcher.fileno`) becomes readable. Everything else about a new worker (its record,
-what the supervisor watches, the Init message) stays on the supervisor's thread.
+what the supervisor watches, the Init message) stays on the supervisor's thread. A process for
+an empty lane is started with :func:`launch` on the supervisor's thread: the lane is needed
+now, and a snapshot must show it filled.
 """
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import pickle
 import threading
@@ -74,6 +77,11 @@ def launch(ctx: Any, lane: int, start_initargs: tuple[Any, ...] | None) -> Launc
         child_conn.close()
         alive_r.close()
         forget_main_hint()
+    # Every Process.start() polls the processes multiprocessing lists as children, on the
+    # starting thread. The supervisor's thread alone may poll, join and close a worker (two
+    # threads reading one exit status race for it), so a worker leaves that list at once.
+    # (The pool shuts its workers down itself, before multiprocessing's exit handler runs.)
+    getattr(multiprocessing.process, "_children", set()).discard(process)
     return Launched(lane, process, conn, alive_w, ledger)
 
 

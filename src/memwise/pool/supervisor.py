@@ -79,7 +79,7 @@ from memwise.pool.context import get_context
 from memwise.pool.events import EventKind, PoolEvent
 from memwise.pool.handle import State, Worker
 from memwise.pool.lanes import Lanes
-from memwise.pool.launcher import Launched, Launcher
+from memwise.pool.launcher import Launched, Launcher, launch
 from memwise.pool.policies import Recycle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
@@ -444,8 +444,7 @@ class Supervisor:
             return False  # every lane is filled: the common case, on every turn of the loop
         # Lanes with keyed work include draining ones (see memwise.pool.lanes).
         wanted = set(range(self.lanes.minimum)) | self.queue.waiting_lanes()
-        launching = self._launching()
-        spare = len(launching) + sum(
+        spare = sum(
             1
             for w in self.workers.values()
             if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
@@ -454,24 +453,30 @@ class Supervisor:
         for lane in range(lanes):
             if need <= 0:
                 break
-            if lane not in self.workers and lane not in wanted and lane not in launching:
+            if lane not in self.workers and lane not in wanted:
                 wanted.add(lane)
                 need -= 1
         promoted = False
         for lane in sorted(wanted - self.workers.keys()):
-            # A spare that became ready while the lane's own process is still starting takes
-            # the lane; that process becomes a spare when it arrives (see _adopt).
             if self._promote_spare(lane):
                 promoted = True
-            elif lane not in launching:
-                self.launcher.request(lane)
+            elif not self._start_now(lane):
+                break
         return promoted
 
-    def _launching(self) -> set[int]:
-        """Lanes whose process is being started and still empty."""
-        return {lane for lane in self.launcher.pending() if lane not in self.workers} - {SPARE}
+    def _start_now(self, lane: int) -> bool:
+        """Start a process for an empty lane on this thread (the lane is needed now: a
+        snapshot shows it filled from this turn on); False if it could not be started."""
+        try:
+            launched = launch(self._ctx, lane, self.config.start_initargs)
+        except (SerializationError, OSError) as exc:
+            self._start_failed(exc)
+            return False
+        self._adopt(launched)
+        return True
 
     def _start_spares(self) -> None:
+        """Spares start on the launcher's thread: this one keeps dispatching meanwhile."""
         if self.broken is not None or self._retry_start_at is not None:
             return  # broken, or starts are failing: no more processes than the lanes need
         while self._wants_spare():
@@ -492,8 +497,7 @@ class Supervisor:
     def _wants_spare(self) -> bool:
         """Warm spares hide a recycled worker's start-up, while there is work to hide it from."""
         return (
-            len(self.spares) + len(self.launcher.pending()) - len(self._launching())
-            < self.config.recycle.warm_spares
+            len(self.spares) + len(self.launcher.pending()) < self.config.recycle.warm_spares
             and self.started.is_set()
             and not self.closing
             and (bool(self.queue) or any(w.outstanding for w in self.workers.values()))
@@ -550,8 +554,7 @@ class Supervisor:
         lane, process, conn = launched.lane, launched.process, launched.conn
         worker = Worker(lane, process, conn, launched.alive, launched.ledger, self.clock())
         self.event("worker_started", lane=lane, pid=worker.pid)
-        if lane == SPARE or lane in self.workers:
-            worker.lane = SPARE
+        if lane == SPARE:
             self.spares.append(worker)
         else:
             self.workers[lane] = worker
