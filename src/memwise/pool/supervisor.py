@@ -572,6 +572,7 @@ class Supervisor:
             report_memory=self.config.recycle.needs_memory_reports,
             trim=self.config.trim,
             measure_peak=self.config.budget is not None and self.config.budget.learn,
+            imports=self._running_modules() if lane == SPARE else (),
         )
         try:
             worker.channel.send(encode(Init(self.config.init_payload, options)))
@@ -579,6 +580,13 @@ class Supervisor:
             pass  # it died already; its sentinel will say how
         if self.broken is not None:
             self.kill(worker, "broken")  # started before the pool broke
+
+    def _running_modules(self) -> tuple[str, ...]:
+        """Modules of the functions the workers run now (the main script is preloaded)."""
+        names = {
+            getattr(t.fn, "__module__", None) for w in self.workers.values() for t in w.outstanding
+        }
+        return tuple(sorted(n for n in names if n and n not in ("__main__", "__mp_main__")))
 
     def retire(self, worker: Worker, reason: str) -> None:
         """Replace ``worker``: it takes no new task, finishes what it holds, then stops."""
