@@ -357,6 +357,31 @@ def test_sessions_keep_the_most_recently_used_warm(isolation):
         assert not wait_gone([hosts[1][0]])
 
 
+def test_sessions_evict_a_busy_actor_without_waiting_for_its_call(tmp_path):
+    """Opening a key past ``keep`` evicts the least recently used actor at once, even in the
+    middle of a call: the call runs to its end and keeps its result, calls queued behind it
+    are cancelled, and then the process ends."""
+    with Sessions(lambda key: spawn(tasks.Counter, key, isolation="always"), keep=1) as sessions:
+        old = sessions["old"]
+        pid = host(old)[0]
+        started, release = tmp_path / "started", tmp_path / "release"
+        running = old.call("render", 7, tmp_path / "log", started, release)
+        tasks.wait_for(started)
+        queued = old.call("add", 1)
+        new = sessions["new"]  # evicts "old" while its call waits for ``release``
+        # Had the eviction waited, it would have waited out the actor's close timeout and
+        # killed the process: the running call would have failed by now.
+        assert not running.done()
+        assert sessions.keys() == ["new"]
+        assert wait_until(queued.cancelled)
+        with pytest.raises(RuntimeError, match="closed"):
+            old.call("get")
+        assert new.call("get").result(WAIT) == "new"
+        release.touch()
+        assert running.result(WAIT) == 7  # the busy call finished, with its result
+        assert not wait_gone([pid])  # and then the evicted actor's process ended
+
+
 def test_sessions_close_one_key():
     with Sessions(lambda key: spawn(tasks.Counter, key, isolation="always"), keep=2) as sessions:
         pid = host(sessions["a"])[0]

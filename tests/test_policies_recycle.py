@@ -7,11 +7,15 @@ import pytest
 
 import _import_probe
 import _policy_tasks
-from _policy_tasks import WAIT, MiB, getpid
+from _policy_tasks import WAIT, MiB, block, getpid, wait_for, write_atomic
+from _tasks import wait_until
 from memwise import WorkerPool
 from memwise.errors import WorkerCrashed
 from memwise.memory import parse_size
+from memwise.pool.crew import SPARE
+from memwise.pool.events import PoolEvent
 from memwise.pool.policies import Recycle
+from memwise.pool.snapshot import WorkerSnapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,3 +124,33 @@ def assert_fresh_pid_per_key_run(keys, pids):
     # Same pid while the key stays the same; a new one, never seen before, when it changes.
     assert len(runs_of(pairs)) == len(runs_of(keys))
     assert len(set(pids)) == len(runs_of(keys))
+
+
+def test_a_warm_spare_takes_over_the_lane_of_a_recycled_worker(tmp_path):
+    """``Recycle(spares=1)``: while work is in flight a spare process is started ahead, and
+    when the lane's worker is recycled the spare takes its lane, with no process start then."""
+    events: list[PoolEvent] = []
+    with WorkerPool(1, recycle=Recycle(tasks=2, spares=1)) as pool:
+        pool.subscribe(events.append)
+        busy = pool.submit(block, tmp_path / "pid", tmp_path / "go")
+        wait_for(tmp_path / "pid")
+        queued = pool.submit(getpid)  # work waits: the supervisor starts a spare
+
+        def spare_ready() -> WorkerSnapshot | None:
+            spares = [w for w in pool.snapshot().workers if w.lane == SPARE]
+            return spares[0] if spares and spares[0].state == "idle" else None
+
+        assert wait_until(lambda: spare_ready() is not None)
+        spare = spare_ready()
+        assert spare is not None
+        write_atomic(tmp_path / "go", "")
+        pids = [busy.result(WAIT), queued.result(WAIT), pool.submit(getpid).result(WAIT)]
+    first = pids[0]
+    assert pids == [first, first, spare.pid]  # recycled after two tasks; the third in the spare
+    kinds = [(e.kind, e.lane, e.pid) for e in events]
+    recycled = kinds.index(("worker_recycled", 0, first))
+    assert kinds.index(("worker_started", SPARE, spare.pid)) < recycled
+    replaced = [e for e in events if e.kind == "worker_replaced"]
+    assert [(e.lane, e.pid, e.reason) for e in replaced] == [(0, spare.pid, "tasks")]
+    # Nothing had to start in lane 0 once its worker was recycled: the spare was there.
+    assert ("worker_started", 0) not in [(kind, lane) for kind, lane, _ in kinds[recycled:]]

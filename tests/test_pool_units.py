@@ -7,6 +7,8 @@ end) and time is a fake clock, so deadlines, storms and budget waits are exercis
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
@@ -16,12 +18,19 @@ import pytest
 from memwise import _channel
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, MemoryBudgetExceeded, WorkerCrashed
-from memwise.pool import deaths, dispatch
-from memwise.pool._protocol import Ready, Run, decode
+from memwise.pool import deaths
+from memwise.pool._protocol import OK, Done, Run, decode
+from memwise.pool.config import PoolConfig
+from memwise.pool.crew import SPARE, Crew
+from memwise.pool.deaths import Deaths
+from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import State, Worker
+from memwise.pool.inbox import Inbox
+from memwise.pool.lanes import Lanes
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import TaskQueue
-from memwise.pool.supervisor import SPARE, PoolConfig, Supervisor
+from memwise.pool.stats import Tally
+from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,10 +47,21 @@ class Clock:
 
 
 class FakeProcess:
-    def __init__(self, pid: int) -> None:
+    """A process that never runs; its sentinel is a real pipe, so a selector accepts it."""
+
+    _next_pid = FAKE_PID
+
+    def __init__(self, pid: int | None = None) -> None:
+        if pid is None:
+            FakeProcess._next_pid += 1
+            pid = FakeProcess._next_pid
         self.pid = pid
         self.exitcode: int | None = None
-        self.sentinel = -1
+        self._sentinel, self._end = multiprocessing.Pipe(duplex=False)
+        self.sentinel = self._sentinel.fileno()
+
+    def start(self) -> None:
+        pass
 
     def join(self, timeout: float | None = None) -> None:
         pass
@@ -50,7 +70,24 @@ class FakeProcess:
         self.exitcode = -9
 
     def close(self) -> None:
-        pass
+        self._sentinel.close()
+        self._end.close()
+
+
+class FakeContext:
+    """What a Crew asks of a multiprocessing context, with no process ever started."""
+
+    def Pipe(self, duplex: bool = True) -> Any:
+        return multiprocessing.Pipe(duplex)
+
+    def Process(self, **_: Any) -> FakeProcess:
+        return FakeProcess()
+
+    def RawValue(self, _typecode: str, value: int) -> Any:
+        return SimpleNamespace(value=value)
+
+    def Lock(self) -> Any:
+        return threading.Lock()
 
 
 class FakeLedger:
@@ -68,11 +105,63 @@ def task(key=None, lane=None, priority=0, coalesce=None, memory=0) -> Task:
     return made
 
 
+class Rig:
+    """A supervisor's parts wired as the supervisor wires them, minus its thread."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.clock = config.clock
+        self.broken: BaseException | None = None
+        self.start_failures: list[BaseException] = []
+        self.started = threading.Event()
+        self.tally = Tally()
+        self.hub = EventHub()
+        self.lanes = Lanes(config.max_workers, config.min_workers)
+        self.queue = TaskQueue()
+        self.inbox = Inbox(
+            clock=self.clock, hub=self.hub, on_key_change=False, watch_every_task=False
+        )
+        self.crew = Crew(
+            config,
+            FakeContext(),
+            lanes=self.lanes,
+            queue=self.queue,
+            inbox=self.inbox,
+            tally=self.tally,
+            hub=self.hub,
+            started=self.started,
+            on_readable=lambda worker: None,
+            on_exit=lambda worker: None,
+            start_failed=lambda error, cause, fatal: self.start_failures.append(error),
+        )
+        parts = dict(
+            queue=self.queue,
+            crew=self.crew,
+            inbox=self.inbox,
+            tally=self.tally,
+            hub=self.hub,
+        )
+        self.dispatcher = Dispatcher(config, lanes=self.lanes, **parts)
+        self.deaths = Deaths(
+            config,
+            break_pool=self._break,
+            start_failed=lambda error, cause, fatal: self.start_failures.append(error),
+            **parts,
+        )
+
+    def _break(self, error: BaseException, cause: BaseException | None) -> None:
+        self.broken = self.broken or error
+
+    def close(self) -> None:
+        self.crew.close()
+        self.inbox.close_pipe()
+
+
 @pytest.fixture
-def make_supervisor():
+def make_rig():
     made = []
 
-    def make(**options) -> tuple[Supervisor, Clock]:
+    def make(**options) -> tuple[Rig, Clock]:
         clock = Clock()
         config = PoolConfig(
             max_workers=options.pop("workers", 2),
@@ -85,24 +174,22 @@ def make_supervisor():
             clock=clock,
             **options,
         )
-        sup = Supervisor(config)
-        made.append(sup)
-        return sup, clock
+        rig = Rig(config)
+        made.append(rig)
+        return rig, clock
 
     yield make
-    for sup in made:
-        for worker in sup.everyone():
-            sup.forget(worker)
-        sup._cleanup()  # no thread ran: closes its pipe and selector
+    for rig in made:
+        rig.close()
 
 
-def fake_worker(sup: Supervisor, lane: int) -> tuple[Worker, Any]:
+def fake_worker(rig: Rig, lane: int) -> tuple[Worker, Any]:
     """A READY worker in ``lane``; returns it and the far end of its pipe."""
     ours, theirs = multiprocessing.Pipe(duplex=True)
     alive, _ = multiprocessing.Pipe(duplex=False)
-    worker = Worker(lane, FakeProcess(FAKE_PID + lane), ours, alive, FakeLedger(), sup.clock())
+    worker = Worker(lane, FakeProcess(FAKE_PID + lane), ours, alive, FakeLedger(), rig.clock())
     worker.state = State.READY
-    sup.workers[lane] = worker
+    rig.crew.place(worker)
     return worker, theirs
 
 
@@ -165,65 +252,86 @@ def test_queue_draining_lane_takes_only_its_keys():
 # ----- dispatch ----------------------------------------------------------------------------
 
 
-def test_dispatch_round_robin_and_keys_to_their_lane(make_supervisor):
-    sup, _ = make_supervisor()
-    w0, far0 = fake_worker(sup, 0)
-    w1, far1 = fake_worker(sup, 1)
+def test_dispatch_round_robin_and_keys_to_their_lane(make_rig):
+    rig, _ = make_rig()
+    w0, far0 = fake_worker(rig, 0)
+    w1, far1 = fake_worker(rig, 1)
     a, b, keyed = task(), task(), task("k", 0)
     for t in (a, b, keyed):
-        sup.queue.push(t)
-    dispatch.dispatch(sup)
+        rig.queue.push(t)
+    rig.dispatcher.dispatch()
     assert runs(far0) == [[a.id]] and runs(far1) == [[b.id]]
     assert list(w0.outstanding) == [a] and list(w1.outstanding) == [b]
-    assert len(sup.queue) == 1  # the keyed task waits for lane 0 (not pipelined: long tasks)
-    assert sup.idle == {}  # nothing is lent while the queue is not empty
+    assert len(rig.queue) == 1  # the keyed task waits for lane 0 (not pipelined: long tasks)
+    w1.outstanding.clear()  # lane 1 is free again, but the queue is not empty:
+    rig.dispatcher.dispatch()
+    with rig.inbox.lock:  # so no worker is lent, and a new task goes through the supervisor
+        rig.inbox.hand_over_locked(task())
+    assert rig.inbox.has_incoming() and runs(far1) == []
 
 
-def test_latest_wins_tasks_are_never_pipelined(make_supervisor):
-    sup, _ = make_supervisor(workers=1)
-    worker, far = fake_worker(sup, 0)
-    sup.service_time = 1e-6  # short tasks: pipelining is on
-    plain, latest, after = task(), task(coalesce="view"), task()
+def test_idle_workers_are_lent_only_while_nothing_is_queued(make_rig):
+    rig, _ = make_rig(workers=1)
+    worker, far = fake_worker(rig, 0)
+    rig.dispatcher.dispatch()  # nothing queued: the idle worker is lent
+    direct = task()
+    with rig.inbox.lock:
+        rig.inbox.hand_over_locked(direct)
+    assert not rig.inbox.has_incoming() and runs(far) == [[direct.id]]
+    assert list(worker.outstanding) == [direct] and direct.future.running()
+    queued = task()
+    with rig.inbox.lock:  # the loan was used up: the next task goes through the supervisor
+        rig.inbox.hand_over_locked(queued)
+    assert rig.inbox.has_incoming() and runs(far) == []
+
+
+def test_latest_wins_tasks_are_never_pipelined(make_rig):
+    rig, _ = make_rig(workers=1)
+    worker, far = fake_worker(rig, 0)
     running = task()
+    # Tasks are short: pipelining is on.
+    rig.dispatcher.learn(worker, running, Done(running.id, OK, b"", 1e-6, (), [], None, None))
+    plain, latest, after = task(), task(coalesce="view"), task()
     worker.outstanding.append(running)
-    worker.busy_since = sup.clock()
-    sup.queue.push(plain)
-    dispatch.dispatch(sup)
+    worker.busy_since = rig.clock()
+    rig.queue.push(plain)
+    rig.dispatcher.dispatch()
     assert runs(far) == [[plain.id]]  # a plain task is pipelined behind the running one
-    sup.queue.push(latest)
-    sup.queue.push(after)
-    dispatch.dispatch(sup)
+    rig.queue.push(latest)
+    rig.queue.push(after)
+    rig.dispatcher.dispatch()
     assert runs(far) == []  # the latest-wins task waits for a free worker, and so does its follower
     worker.outstanding.clear()
-    dispatch.dispatch(sup)
+    rig.dispatcher.dispatch()
     assert runs(far) == [[latest.id, after.id]]  # a plain task may follow it
 
 
-def test_a_budget_request_that_can_never_fit_fails_at_once(make_supervisor):
+def test_a_budget_request_that_can_never_fit_fails_at_once(make_rig):
     budget = MemoryBudget(limit="1 GiB", max_wait=3600)
-    sup, _ = make_supervisor(budget=budget)
-    fake_worker(sup, 0)
+    rig, _ = make_rig(budget=budget)
+    fake_worker(rig, 0)
     too_big = task(memory=2 << 30)
-    sup.queue.push(too_big)
-    dispatch.dispatch(sup)
+    rig.queue.push(too_big)
+    rig.dispatcher.dispatch()
     with pytest.raises(MemoryBudgetExceeded):
         too_big.future.result(0)
-    assert sup.tally.failed == 1
+    assert rig.tally.failed == 1
 
 
-def test_a_budget_request_that_may_fit_waits_max_wait(make_supervisor):
+def test_a_budget_request_that_may_fit_waits_max_wait(make_rig):
     budget = MemoryBudget(limit="1 GiB", max_wait=5)
-    sup, clock = make_supervisor(budget=budget)
-    _, far = fake_worker(sup, 0)
+    rig, clock = make_rig(budget=budget)
+    _, far = fake_worker(rig, 0)
     waiting = task(memory=(1 << 30) - 1)  # fits the limit, not beside this process's memory
-    sup.queue.push(waiting)
-    dispatch.dispatch(sup)
-    assert not waiting.future.done() and sup.budget_blocked and runs(far) == []
+    rig.queue.push(waiting)
+    rig.dispatcher.dispatch()
+    assert not waiting.future.done() and rig.dispatcher.budget_waiting() == 1
+    assert runs(far) == []
     clock.now += 4.9
-    dispatch.dispatch(sup)
+    rig.dispatcher.dispatch()
     assert not waiting.future.done()
     clock.now += 0.2
-    dispatch.dispatch(sup)
+    rig.dispatcher.dispatch()
     with pytest.raises(MemoryBudgetExceeded):
         waiting.future.result(0)
 
@@ -231,97 +339,109 @@ def test_a_budget_request_that_may_fit_waits_max_wait(make_supervisor):
 # ----- deaths ------------------------------------------------------------------------------
 
 
-def die(sup: Supervisor, worker: Worker, exitcode: int, running: Task | None = None) -> None:
+def die(rig: Rig, worker: Worker, exitcode: int, running: Task | None = None) -> None:
     if running is not None:
         worker.ledger.started.value = running.id
     worker.process.exitcode = exitcode
-    deaths.on_exit(sup, worker)
+    rig.deaths.on_exit(worker)
 
 
-def test_a_death_fails_the_running_task_and_requeues_the_ones_behind(make_supervisor):
-    sup, _ = make_supervisor()
-    worker, _ = fake_worker(sup, 0)
+def test_a_death_fails_the_running_task_and_requeues_the_ones_behind(make_rig):
+    rig, _ = make_rig()
+    worker, _ = fake_worker(rig, 0)
     running, behind = task(), task()
     for t in (running, behind):
         t.claim()
         worker.outstanding.append(t)
-    die(sup, worker, -9, running)
+    die(rig, worker, -9, running)
     with pytest.raises(WorkerCrashed, match="SIGKILL"):
         running.future.result(0)
-    assert sup.queue.pop_for(0) is behind
-    assert 0 not in sup.workers  # the loop starts a replacement in the lane
-    assert (sup.tally.restarts, sup.tally.failed, sup.lane_vacated) == (1, 1, {0: "died"})
+    assert rig.queue.pop_for(0) is behind
+    assert rig.crew.in_lane(0) is None  # the loop starts a replacement in the lane
+    assert (rig.tally.restarts, rig.tally.failed, rig.crew.vacancies()) == (1, 1, {0: "died"})
 
 
-def test_a_death_with_retries_left_requeues_the_running_task(make_supervisor):
-    sup, _ = make_supervisor(retries=1)
-    worker, _ = fake_worker(sup, 0)
+def test_a_death_with_retries_left_requeues_the_running_task(make_rig):
+    rig, _ = make_rig(retries=1)
+    worker, _ = fake_worker(rig, 0)
     running = task()
     running.claim()
     worker.outstanding.append(running)
-    die(sup, worker, -11, running)
+    die(rig, worker, -11, running)
     assert not running.future.done() and running.attempts == 1
-    assert sup.queue.pop_for(0) is running and sup.tally.retried == 1
+    assert rig.queue.pop_for(0) is running and rig.tally.retried == 1
 
 
-def test_idle_deaths_break_the_pool_only_when_they_come_fast(make_supervisor):
-    sup, clock = make_supervisor(workers=1)
+def test_idle_deaths_break_the_pool_only_when_they_come_fast(make_rig):
+    rig, clock = make_rig(workers=1)
     for _ in range(deaths.STORM_DEATHS - 1):
-        die(sup, fake_worker(sup, 0)[0], 1)
+        die(rig, fake_worker(rig, 0)[0], 1)
         clock.now += deaths.STORM_SECONDS / deaths.STORM_DEATHS
-    assert sup.broken is None
+    assert rig.broken is None
     clock.now += deaths.STORM_SECONDS  # the earlier deaths are out of the window
-    die(sup, fake_worker(sup, 0)[0], 1)
-    assert sup.broken is None
+    die(rig, fake_worker(rig, 0)[0], 1)
+    assert rig.broken is None
     for _ in range(deaths.STORM_DEATHS - 1):
-        die(sup, fake_worker(sup, 0)[0], 1)
-    assert isinstance(sup.broken, BrokenPool)
+        die(rig, fake_worker(rig, 0)[0], 1)
+    assert isinstance(rig.broken, BrokenPool)
 
 
-def test_max_restarts_breaks_the_pool(make_supervisor):
-    sup, clock = make_supervisor(max_restarts=2)
+def test_max_restarts_breaks_the_pool(make_rig):
+    rig, clock = make_rig(max_restarts=2)
     for death in range(3):
-        worker, _ = fake_worker(sup, 0)
+        worker, _ = fake_worker(rig, 0)
         running = task()
         running.claim()
         worker.outstanding.append(running)
         clock.now += 60  # never a storm
-        die(sup, worker, -9, running)
-        assert (sup.broken is None) == (death < 2)
-    assert "max_restarts=2" in str(sup.broken)
+        die(rig, worker, -9, running)
+        assert (rig.broken is None) == (death < 2)
+    assert "max_restarts=2" in str(rig.broken)
 
 
-def test_a_worker_stopped_while_starting_exits_without_counting_a_death(make_supervisor):
-    sup, _ = make_supervisor()
-    worker, _ = fake_worker(sup, 0)
+def started_spares(rig: Rig) -> list[Worker]:
+    """Wait for the launcher's thread to start the spares asked for; the crew's spares."""
+    deadline = time.monotonic() + 30.0
+    while rig.crew.pending_spares() and time.monotonic() < deadline:
+        for key, _events in rig.crew.wait(1.0):
+            key.data()
+    return [w for w in rig.crew.out_of_lanes() if rig.crew.is_spare(w)]
+
+
+def test_recycle_spares_start_only_while_work_is_waiting(make_rig):
+    rig, _ = make_rig(recycle=Recycle(tasks=10, spares=1))
+    rig.started.set()
+    rig.crew.staff()
+    rig.crew.start_spares()
+    assert rig.crew.everyone() == [] and not rig.crew.pending_spares()  # nothing to do
+    rig.queue.push(task())
+    rig.crew.staff()
+    assert [w.lane for w in rig.crew.in_lanes()] == [0]  # the lane worker, started at once
+    rig.crew.start_spares()
+    rig.crew.start_spares()  # one spare is enough, started or still starting
+    assert [w.lane for w in started_spares(rig)] == [SPARE]  # on the launcher's thread
+    assert len(rig.crew.everyone()) == 2
+
+
+def test_a_ready_spare_takes_a_recycled_workers_lane_in_the_same_turn(make_rig):
+    rig, _ = make_rig(workers=1, recycle=Recycle(tasks=1, spares=1))
+    rig.started.set()
+    retired, _ = fake_worker(rig, 0)
+    rig.queue.push(task())
+    rig.crew.start_spares()
+    (spare,) = started_spares(rig)
+    rig.crew.on_ready(spare)
+    rig.crew.retire(retired, "tasks")
+    assert rig.crew.staff()  # True: the supervisor dispatches again before it waits
+    assert rig.crew.in_lane(0) is spare and not rig.crew.is_spare(spare)
+
+
+def test_a_worker_stopped_while_starting_exits_without_counting_a_death(make_rig):
+    rig, _ = make_rig()
+    worker, _ = fake_worker(rig, 0)
     worker.state = State.STARTING
-    sup.stop(worker)  # e.g. a spare still starting when the pool shuts down
-    sup.on_message(worker, Ready(worker.pid))  # its handshake was already on the way
+    rig.crew.stop(worker)  # e.g. a spare still starting when the pool shuts down
+    rig.crew.on_ready(worker)  # its handshake was already on the way
     assert worker.state is State.STOPPING
-    die(sup, worker, 0)
-    assert (sup.tally.restarts, sup.lane_vacated, len(sup.failures)) == (0, {}, 0)
-
-
-def test_a_ready_spare_takes_a_recycled_workers_lane_and_its_work_at_once(make_supervisor):
-    sup, _ = make_supervisor(workers=1, recycle=Recycle(tasks=1, spares=1))
-    sup.started.set()
-    retired, _ = fake_worker(sup, 0)
-    spare, far = fake_worker(sup, SPARE)
-    del sup.workers[SPARE]
-    sup.spares.append(spare)
-    waiting = task()
-    sup.queue.push(waiting)
-    sup.retire(retired, "tasks")
-    dispatch.dispatch(sup)  # the lane is empty: nothing to send yet
-    assert sup._ensure_workers()  # the spare took the lane ...
-    dispatch.dispatch(sup)  # ... so the loop dispatches again in the same turn
-    assert sup.workers[0] is spare and runs(far) == [[waiting.id]]
-    sup.forget(retired)
-
-
-def test_recycle_spares_start_only_while_work_is_waiting(make_supervisor):
-    sup, _ = make_supervisor(recycle=Recycle(tasks=10, spares=1))
-    sup.started.set()
-    assert not sup._wants_spare()
-    sup.queue.push(task())
-    assert sup._wants_spare()
+    die(rig, worker, 0)
+    assert (rig.tally.restarts, rig.crew.vacancies(), rig.start_failures) == (0, {}, [])

@@ -361,7 +361,7 @@ def _surface(sizes: Sizes, submit_per_s: float) -> Figures:
         pool.snapshot()  # fills the per-process caches
         snapshot_us = median_time(pool.snapshot, sizes.snapshots) * 1e6
 
-    class Producer:  # the shape of the production check: ``self.events.subscriptions``
+    class Producer:  # the shape of the production check: ``self._hub.subscriptions``
         events = EventHub()
 
     producer = Producer()

@@ -18,6 +18,7 @@ from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, SerializationError, SharedMemoryError
 from memwise.memory import parse_size
 from memwise.pool.backend import PoolBackend
+from memwise.pool.config import PoolConfig
 from memwise.pool.events import PoolEvent
 from memwise.pool.imap import bounded_results
 from memwise.pool.options import INHERIT, Submitter, TaskOptions
@@ -26,7 +27,7 @@ from memwise.pool.queue import key_bytes
 from memwise.pool.remote import remote_backend
 from memwise.pool.snapshot import PoolSnapshot
 from memwise.pool.subscribers import Subscription
-from memwise.pool.supervisor import PoolConfig, Supervisor
+from memwise.pool.supervisor import Supervisor
 from memwise.pool.task import Task
 from memwise.pool.worker import PartialChunk, run_chunk
 
@@ -186,7 +187,7 @@ class WorkerPool(Executor):
         """The number of worker lanes (the most processes at once); see :meth:`resize`."""
         if self._remote is not None:
             return self._remote.workers
-        return self._supervisor.lanes.count
+        return self._supervisor.lane_count
 
     def resize(self, workers: int) -> None:
         """Change the number of worker lanes while the pool runs.
@@ -362,7 +363,7 @@ class WorkerPool(Executor):
         if timeout is not None and not self._supervisor.join(timeout):
             self._supervisor.terminate(BrokenPool(_SHUTDOWN_TIMEOUT.format(timeout=timeout)))
         self._supervisor.join()
-        self._supervisor.events.close(wait=True)
+        self._supervisor.close_events()
         _live_pools.discard(self)  # without wait, exit still waits for the workers to end
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -394,14 +395,14 @@ class WorkerPool(Executor):
         """
         if self._remote is not None:
             return self._remote.subscribe(callback)
-        return self._supervisor.events.subscribe(callback)
+        return self._supervisor.subscribe(callback)
 
     def unsubscribe(self, callback: Callable[[PoolEvent], Any]) -> None:
         """Stop calling ``callback`` (every subscription of it); events it holds still arrive."""
         if self._remote is not None:
             self._remote.unsubscribe(callback)
             return
-        self._supervisor.events.unsubscribe(callback)
+        self._supervisor.unsubscribe(callback)
 
 
 def _chunk_results(futures: list[Future[Any]], deadline: float | None) -> Iterator[Any]:

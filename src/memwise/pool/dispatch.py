@@ -14,23 +14,29 @@ refinements, each for a measured reason:
   reservation fits; the tasks behind it wait rather than jump the queue and starve it.
 
 Idle workers are then lent to submitting threads for the direct path (see
-``Supervisor._send_direct_locked``) while nothing is queued.
+:mod:`memwise.pool.inbox`) while nothing is queued.
+
+The dispatcher also owns what decides *which* queued task is live: latest-wins bookkeeping
+(a newer task of the same ``coalesce`` tag drops the queued one) and the count of tasks
+dropped but still in the queue (it drops them lazily, when popped).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Mapping
 
 from memwise import _oob
-from memwise.pool._protocol import Run, TaskEntry, encode
+from memwise.pool._protocol import Done
+from memwise.pool.config import PoolConfig
+from memwise.pool.crew import Crew
 from memwise.pool.handle import State, Worker
-from memwise.pool.stats import key_repr
+from memwise.pool.inbox import Inbox
+from memwise.pool.lanes import Lanes
+from memwise.pool.queue import TaskQueue
+from memwise.pool.stats import Tally, key_repr
+from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
-
-if TYPE_CHECKING:
-    from memwise.pool.supervisor import Supervisor
 
 # Tasks are pipelined (sent before the worker is free) only while the typical task is short,
 # so that long tasks are never stuck behind each other on one worker while another is idle.
@@ -43,53 +49,280 @@ PIPELINE_BYTES = 16 * 1024
 RESTOCK_DEPTH = 2
 # A task running this long while others wait behind it on the same worker has them taken back.
 STEAL_SECONDS = 0.01
+PEAK_DECAY = 0.9  # per task, of a function's learned peak
 
 
-def _pipeline_depth(sup: Supervisor) -> int:
-    if sup.service_time is None or sup.config.recycle.limits_pipelining:
-        return 1
-    depth = int(PIPELINE_SECONDS / max(sup.service_time, 1e-6))
-    return max(1, min(MAX_PIPELINE_DEPTH, depth))
+class Dispatcher:
+    """Hands the queue's tasks to the crew's READY workers (supervisor thread only)."""
 
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        queue: TaskQueue,
+        crew: Crew,
+        inbox: Inbox,
+        lanes: Lanes,
+        tally: Tally,
+        hub: EventHub,
+    ) -> None:
+        self._config = config
+        self._clock = config.clock
+        self._queue = queue
+        self._crew = crew
+        self._inbox = inbox
+        self._lanes = lanes
+        self._tally = tally
+        self._hub = hub
+        # The newest queued task of each coalesce tag (latest wins).
+        self._latest: dict[Hashable, Task] = {}
+        # Cancelled tasks still in ``queue`` (it drops them lazily, when popped), so that
+        # snapshots count them as cancelled and not also as queued.
+        self._dropped = 0
+        self._service_time: float | None = None  # moving average of task run times
+        self._peaks: dict[str, int] = {}  # learned peak memory per function (MemoryBudget.learn)
+        self._budget_blocked = False  # the head of the queue waits for room in the budget
 
-def dispatch(sup: Supervisor) -> None:
-    """Hand queued tasks to READY workers, round-robin, then lend out the idle ones."""
-    sup.reclaim_lent_workers()
-    if sup.broken is not None:
-        return
-    ready = [w for w in sup.workers.values() if w.state is State.READY and w.kill_reason is None]
-    sup.budget_blocked = False
-    if sup.queue:
-        depth = _pipeline_depth(sup)
-        batches: dict[Worker, list[Task]] = {w: [] for w in ready}
-        progress = True
+    # ----- what is queued ----------------------------------------------------------------
+
+    def enqueue(self, tasks: list[Task]) -> None:
+        """Queue the tasks handed over by submitting threads, in submission order."""
+        push = self._queue.push
+        for task in tasks:
+            if task.coalesce is not None:
+                # Latest wins: drop the queued task with the same tag, if it has not started.
+                previous = self._latest.get(task.coalesce)
+                if previous is not None and self._drop(previous, "coalesced"):
+                    self._dropped += 1  # it stays in the queue until popped
+                self._latest[task.coalesce] = task
+            push(task)
+
+    def cancel_queued(self, reason: str) -> None:
+        """Cancel every queued task (shutdown with ``cancel_futures``)."""
+        self._dropped = 0
+        for task in self._queue.drain():
+            self._drop(task, reason)
+
+    def drain(self) -> list[Task]:
+        """Remove every queued task (the pool broke); the caller fails them."""
+        self._dropped = 0
+        return self._queue.drain()
+
+    def queued(self) -> int:
+        """Tasks waiting in the queue, not counting those already cancelled."""
+        return len(self._queue) - self._dropped
+
+    def budget_waiting(self) -> int:
+        """Tasks waiting for room in the memory budget."""
+        return len(self._queue) if self._budget_blocked else 0
+
+    def learned_peaks(self) -> Mapping[str, int]:
+        return self._peaks
+
+    def _drop(self, task: Task, reason: str) -> bool:
+        """Cancel a queued task; True if it had not started (and now counts as cancelled)."""
+        self._forget_latest(task)
+        if not task.drop():
+            return False
+        self._tally.cancelled += 1
+        self._hub.announce_task("task_cancelled", task, reason=reason)
+        return True
+
+    def _forget_latest(self, task: Task) -> None:
+        """``task`` leaves the queue for good: it can no longer be the newest of its tag."""
+        if task.coalesce is not None and self._latest.get(task.coalesce) is task:
+            del self._latest[task.coalesce]
+
+    # ----- handing out -------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Hand queued tasks to READY workers, round-robin, then lend out the idle ones."""
+        self._inbox.reclaim()
+        if self._inbox.broken is not None:
+            return
+        ready = [
+            w for w in self._crew.in_lanes() if w.state is State.READY and w.kill_reason is None
+        ]
+        self._budget_blocked = False
+        queue = self._queue
+        if queue:
+            depth = self._pipeline_depth()
+            batches: dict[Worker, list[Task]] = {w: [] for w in ready}
+            progress = True
+            try:
+                while progress and queue and not self._budget_blocked:
+                    progress = False
+                    for worker, batch in batches.items():
+                        if not _has_room(worker, batch, depth, self._clock()):
+                            continue
+                        task = self._next_for(worker, batch)
+                        if task is not None:
+                            batch.append(task)
+                            progress = True
+                for worker in list(batches):
+                    batch = batches.pop(worker)
+                    if batch:
+                        self._send(worker, batch)
+            except BaseException as exc:
+                # Claimed tasks not yet sent are in no list break_pool sees: fail them here.
+                for batch in batches.values():
+                    for task in batch:
+                        task.future.set_exception(exc)
+                raise
+        # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
+        if not queue and not self._inbox.closing and self._config.budget is None:
+            lanes = self._lanes.count
+            self._inbox.lend(
+                {
+                    w.lane: w
+                    for w in ready
+                    if not w.outstanding and not w.retiring and w.lane < lanes
+                }
+            )
+
+    def _pipeline_depth(self) -> int:
+        if self._service_time is None or self._config.recycle.limits_pipelining:
+            return 1
+        depth = int(PIPELINE_SECONDS / max(self._service_time, 1e-6))
+        return max(1, min(MAX_PIPELINE_DEPTH, depth))
+
+    def _next_for(self, worker: Worker, batch: list[Task]) -> Task | None:
+        busy = bool(worker.outstanding or batch)
+        general = worker.lane < self._lanes.count  # a draining lane runs only its pinned keys
+        queue = self._queue
+        while True:
+            keyed, key = queue.peek_key(worker.lane, general)
+            if keyed and self._config.recycle.on_key_change and worker.key_changes(key, batch):
+                if not busy:
+                    self._crew.retire(worker, "key")
+                return None
+            task = queue.pop_for(worker.lane, general)
+            if task is None:
+                return None
+            if busy and not _pipelinable(task, worker, batch):
+                queue.push_back([task])
+                return None
+            if not self._admit(task):
+                return None
+            self._forget_latest(task)  # started or cancelled: nothing newer can drop it now
+            if task.claim():
+                return task
+            task.release_memory()
+            if task.dropped:
+                self._dropped -= 1  # counted as cancelled when it was dropped
+            else:  # cancelled by its caller while queued
+                self._tally.cancelled += 1
+                self._hub.announce_task("task_cancelled", task, reason="cancelled")
+
+    def _admit(self, task: Task) -> bool:
+        """Reserve the task's memory in the budget; if there is no room, keep it queued.
+
+        Tasks wait in priority order behind a task that does not fit (no smaller task jumps
+        the queue and starves it) and fail once they have waited ``max_wait``.
+        """
+        budget = self._config.budget
+        if budget is None or task.dropped or task.future.cancelled():
+            return True
+        amount = task.memory or (self._peaks.get(task.label, 0) if budget.learn else 0)
+        task.reservation = budget.try_reserve(amount)
+        if task.reservation is not None:
+            return True
+        now = self._clock()
+        if task.blocked_since is None:
+            task.blocked_since = now
+        never_fits = amount > budget.limit
+        if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
+            self._forget_latest(task)
+            self._tally.failed += 1
+            self._hub.announce_task("task_failed", task, reason="MemoryBudgetExceeded")
+            task.future.set_exception(budget.exceeded(amount, now - task.blocked_since))
+            return False
+        self._queue.push_back([task])
+        self._budget_blocked = True
+        return False
+
+    def _send(self, worker: Worker, batch: list[Task]) -> None:
+        if not worker.outstanding:
+            worker.busy_since = self._clock()
+        message = worker.run_message(batch)
         try:
-            while progress and sup.queue and not sup.budget_blocked:
-                progress = False
-                for worker, batch in batches.items():
-                    if not _has_room(worker, batch, depth, sup.clock()):
-                        continue
-                    task = _next_for(sup, worker, batch)
-                    if task is not None:
-                        batch.append(task)
-                        progress = True
-            for worker in list(batches):
-                batch = batches.pop(worker)
-                if batch:
-                    _send(sup, worker, batch)
-        except BaseException as exc:
-            # Claimed tasks not yet sent are in no list break_pool sees: fail them here.
-            for batch in batches.values():
-                for task in batch:
-                    task.future.set_exception(exc)
-            raise
-    # Tasks sent directly would bypass the budget, so a budgeted pool lends no worker.
-    if not sup.queue and not sup.closing and sup.config.budget is None:
-        with sup.lock:
-            lanes = sup.lanes.count
-            sup.idle = {
-                w.lane: w for w in ready if not w.outstanding and not w.retiring and w.lane < lanes
-            }
+            worker.channel.send(message)
+        except OSError:
+            # The worker died before it could read: nothing ran, so nothing counts as tried.
+            for task in batch:
+                task.release_memory()
+            self._queue.push_back(batch)
+            return
+        worker.outstanding.extend(batch)
+        if self._hub.subscriptions:
+            for task in batch:
+                if not task.announced:
+                    task.announced = True
+                    self._hub.announce_task("task_started", task, worker, key=key_repr(task.key))
+        keys = [t.key for t in batch if t.key is not None]
+        if keys:
+            worker.last_key = keys[-1]
+
+    # ----- what finished tasks teach -----------------------------------------------------
+
+    def learn(self, worker: Worker, task: Task, done: Done) -> None:
+        """Note what a finished task says about the next ones (run time, memory, result slots)."""
+        if done.peak is not None:
+            # The largest recent peak, decaying so that one outlier does not block forever.
+            label = task.label
+            self._peaks[label] = max(done.peak, int(self._peaks.get(label, 0) * PEAK_DECAY))
+        for gift in done.gifts:
+            produced = worker.result_sizes
+            produced[gift.nbytes] = min(produced.get(gift.nbytes, 0) + 1, RESTOCK_DEPTH)
+        seconds = done.seconds
+        average = self._service_time
+        self._service_time = seconds if average is None else 0.8 * average + 0.2 * seconds
+
+    # ----- taking back -------------------------------------------------------------------
+
+    def steal_overdue(self, now: float) -> float | None:
+        """Take back the tasks queued behind overlong ones; when to look next (or None)."""
+        nearest: float | None = None
+        for worker in list(self._crew.in_lanes()):
+            if len(worker.outstanding) > 1 and worker.kill_reason is None:
+                steal_at = worker.busy_since + STEAL_SECONDS
+                if steal_at <= now:
+                    if self.take_back(worker):
+                        self._tally.stolen += 1
+                    nearest = now  # dispatch the stolen tasks without waiting for an event
+                elif nearest is None or steal_at < nearest:
+                    nearest = steal_at
+        return nearest
+
+    def budget_recheck(self, now: float) -> float | None:
+        """When to look at the budget again for a blocked queue (None: nothing waits)."""
+        budget = self._config.budget
+        return now + budget.poll if self._budget_blocked and budget is not None else None
+
+    def take_back(self, worker: Worker) -> bool:
+        """Return to the queue every task sent to ``worker`` that it has not started.
+
+        Pipelining bets that tasks stay short; when one does not (or the worker is recycled),
+        the tasks sent behind it go back to the queue, where any free worker takes them (see
+        :mod:`memwise.pool.ledger`).
+        """
+        self._inbox.reclaim()  # the queue is no longer empty: nothing may overtake these
+        running = worker.ledger.revoke(worker.epoch)
+        if running is None:
+            return False
+        worker.epoch += 1
+        # Tasks up to the running one have started (their results may still be in the pipe);
+        # the ones after it have not, and now never will on this worker.
+        ids = [t.id for t in worker.outstanding]
+        keep = ids.index(running) + 1 if running in ids else 0
+        stolen = list(worker.outstanding)[keep:]
+        worker.outstanding = deque(list(worker.outstanding)[:keep])
+        for task in stolen:
+            task.release_memory()
+            if task.outgoing is not None:
+                _oob.returned(list(task.outgoing.handles), worker.pid)
+        self._queue.push_back(stolen)
+        return bool(stolen)
 
 
 def _has_room(worker: Worker, batch: list[Task], depth: int, now: float) -> bool:
@@ -98,34 +331,6 @@ def _has_room(worker: Worker, batch: list[Task], depth: int, now: float) -> bool
     # A task running much longer than usual may run for a long time yet: queueing work
     # behind it would keep that work waiting while other workers are free.
     return not worker.outstanding or now - worker.busy_since < PIPELINE_SECONDS
-
-
-def _next_for(sup: Supervisor, worker: Worker, batch: list[Task]) -> Task | None:
-    busy = bool(worker.outstanding or batch)
-    general = worker.lane < sup.lanes.count  # a draining lane runs only its pinned keys
-    while True:
-        keyed, key = sup.queue.peek_key(worker.lane, general)
-        if keyed and key_change(sup, worker, key, batch):
-            if not busy:
-                sup.retire(worker, "key")
-            return None
-        task = sup.queue.pop_for(worker.lane, general)
-        if task is None:
-            return None
-        if busy and not _pipelinable(task, worker, batch):
-            sup.queue.push_back([task])
-            return None
-        if not _admit(sup, task):
-            return None
-        sup.forget_latest(task)  # started or cancelled: nothing newer can drop it now
-        if task.claim():
-            return task
-        task.release_memory()
-        if task.dropped:
-            sup.dropped_queued -= 1  # counted as cancelled when it was dropped
-        else:  # cancelled by its caller while queued
-            sup.tally.cancelled += 1
-            sup.task_event("task_cancelled", task, reason="cancelled")
 
 
 def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
@@ -137,110 +342,3 @@ def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
         return False
     unread = sum(len(t.payload) for t in (*worker.outstanding, *batch))
     return len(task.payload) + unread <= PIPELINE_BYTES
-
-
-def _admit(sup: Supervisor, task: Task) -> bool:
-    """Reserve the task's memory in the budget; if there is no room, keep it queued.
-
-    Tasks wait in priority order behind a task that does not fit (no smaller task jumps
-    the queue and starves it) and fail once they have waited ``max_wait``.
-    """
-    budget = sup.config.budget
-    if budget is None or task.dropped or task.future.cancelled():
-        return True
-    amount = task.memory or (sup.peaks.get(task.label, 0) if budget.learn else 0)
-    task.reservation = budget.try_reserve(amount)
-    if task.reservation is not None:
-        return True
-    now = sup.clock()
-    if task.blocked_since is None:
-        task.blocked_since = now
-    never_fits = amount > budget.limit
-    if (never_fits or now - task.blocked_since >= budget.max_wait) and task.claim():
-        sup.forget_latest(task)
-        sup.tally.failed += 1
-        sup.task_event("task_failed", task, reason="MemoryBudgetExceeded")
-        task.future.set_exception(budget.exceeded(amount, now - task.blocked_since))
-        return False
-    sup.queue.push_back([task])
-    sup.budget_blocked = True
-    return False
-
-
-def key_change(sup: Supervisor, worker: Worker, key: Hashable, batch: Sequence[Task] = ()) -> bool:
-    if not sup.config.recycle.on_key_change:
-        return False
-    keys = [t.key for t in (*worker.outstanding, *batch) if t.key is not None]
-    last = keys[-1] if keys else worker.last_key
-    return last is not None and key is not None and key != last
-
-
-def _send(sup: Supervisor, worker: Worker, batch: list[Task]) -> None:
-    if not worker.outstanding:
-        worker.busy_since = sup.clock()
-    message = run_message(worker, batch)
-    try:
-        worker.channel.send(message)
-    except OSError:
-        # The worker died before it could read: nothing ran, so nothing counts as tried.
-        for task in batch:
-            task.release_memory()
-        sup.queue.push_back(batch)
-        return
-    worker.outstanding.extend(batch)
-    if sup.events.subscriptions:
-        for task in batch:
-            if not task.announced:
-                task.announced = True
-                sup.task_event("task_started", task, worker, key=key_repr(task.key))
-    keys = [t.key for t in batch if t.key is not None]
-    if keys:
-        worker.last_key = keys[-1]
-
-
-def run_message(worker: Worker, batch: list[Task]) -> bytes:
-    """The one place a Run is built: ``batch`` for ``worker``, lending it their slots."""
-    entries = [TaskEntry(t.id, t.payload, t.lend_slots(worker.pid)) for t in batch]
-    return encode(Run(entries, restock(worker), worker.epoch))
-
-
-def restock(worker: Worker) -> tuple[Any, ...]:
-    """Warm free slots of the sizes this worker's results take, sent with its next task."""
-    if not worker.result_sizes:
-        return ()
-    gifts = _oob.restock(worker.result_sizes, worker.pid)
-    for gift in gifts:
-        worker.result_sizes[gift.nbytes] -= 1
-    worker.result_sizes = {k: v for k, v in worker.result_sizes.items() if v > 0}
-    return gifts
-
-
-def steal(sup: Supervisor, worker: Worker) -> None:
-    """Take back the tasks queued behind a task that runs far longer than usual.
-
-    Pipelining bets that tasks stay short; when one does not, the tasks sent behind it go
-    back to the queue, where any free worker takes them (see :mod:`memwise.pool.ledger`).
-    """
-    if take_back(sup, worker):
-        sup.tally.stolen += 1
-
-
-def take_back(sup: Supervisor, worker: Worker) -> bool:
-    """Return to the queue every task sent to ``worker`` that it has not started."""
-    sup.reclaim_lent_workers()  # the queue is no longer empty: nothing may overtake these
-    running = worker.ledger.revoke(worker.epoch)
-    if running is None:
-        return False
-    worker.epoch += 1
-    # Tasks up to the running one have started (their results may still be in the pipe);
-    # the ones after it have not, and now never will on this worker.
-    ids = [t.id for t in worker.outstanding]
-    keep = ids.index(running) + 1 if running in ids else 0
-    stolen = list(worker.outstanding)[keep:]
-    worker.outstanding = deque(list(worker.outstanding)[:keep])
-    for task in stolen:
-        task.release_memory()
-        if task.outgoing is not None:
-            _oob.returned(list(task.outgoing.handles), worker.pid)
-    sup.queue.push_back(stolen)
-    return bool(stolen)

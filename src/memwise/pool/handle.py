@@ -5,10 +5,11 @@ from __future__ import annotations
 import enum
 import signal
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
-from memwise import _channel
+from memwise import _channel, _oob
+from memwise.pool._protocol import Run, TaskEntry, encode
 from memwise.pool.ledger import Ledger
 from memwise.pool.task import Task
 
@@ -68,6 +69,28 @@ class Worker:
             timeout = self.outstanding[0].timeout
             return None if timeout is None else self.busy_since + timeout
         return None if idle is None else self.idle_since + idle
+
+    def run_message(self, batch: Sequence[Task]) -> bytes:
+        """The one place a Run is built: ``batch`` for this worker, lending it their slots."""
+        entries = [TaskEntry(t.id, t.payload, t.lend_slots(self.pid)) for t in batch]
+        return encode(Run(entries, self._restock(), self.epoch))
+
+    def _restock(self) -> tuple[Any, ...]:
+        """Warm free slots of the sizes this worker's results take, sent with its next task."""
+        if not self.result_sizes:
+            return ()
+        gifts = _oob.restock(self.result_sizes, self.pid)
+        for gift in gifts:
+            self.result_sizes[gift.nbytes] -= 1
+        self.result_sizes = {k: v for k, v in self.result_sizes.items() if v > 0}
+        return gifts
+
+    def key_changes(self, key: Hashable, batch: Sequence[Task] = ()) -> bool:
+        """Whether a task of ``key`` after ``batch`` would run another key than the one before
+        it on this worker (``Recycle(on_key_change=True)`` replaces the worker first)."""
+        keys = [t.key for t in (*self.outstanding, *batch) if t.key is not None]
+        last = keys[-1] if keys else self.last_key
+        return last is not None and key is not None and key != last
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -1,7 +1,7 @@
 """What a pool counts as it runs, and how a :class:`PoolSnapshot` is assembled from it.
 
 ``Tally`` is written by the supervisor thread (and, for ``submitted``, by submitting threads
-under the pool's lock); ``take`` reads it under the same locks, so a snapshot's figures agree
+under the inbox's lock); ``draft`` reads it under the same locks, so a snapshot's figures agree
 with each other. Recording a finished task costs a few additions and one ``bisect``.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from memwise.pool.handle import State, Worker
 from memwise.pool.probe import ProcessProbe
@@ -28,7 +28,12 @@ from memwise.pool.snapshot import (
 )
 
 if TYPE_CHECKING:
-    from memwise.pool.supervisor import Supervisor
+    from memwise.budget import MemoryBudget
+    from memwise.pool.crew import Crew
+    from memwise.pool.dispatch import Dispatcher
+    from memwise.pool.lanes import Lanes
+    from memwise.pool.queue import TaskQueue
+    from memwise.pool.task import Task
 
 THROUGHPUT_SECONDS = 10  # the window of the recent rate, in whole seconds
 KEY_REPR_CHARS = 60
@@ -109,63 +114,77 @@ def key_repr(key: Hashable) -> str | None:
     return text if len(text) <= KEY_REPR_CHARS else text[: KEY_REPR_CHARS - 3] + "..."
 
 
-def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
-    """A consistent snapshot of the pool ``sup`` supervises (any thread).
+class Draft(NamedTuple):
+    """The part of a snapshot copied under the pool's locks (see :func:`draft`)."""
 
-    Pool state is copied under the supervisor's ``state_lock`` and ``lock`` (between two rounds
-    of its work, with no submission half done); per-process figures come from ``probe``
-    afterwards, outside the locks, as they do not have to agree with the counters.
-    """
-    config = sup.config
-    with sup.state_lock, sup.lock:
-        now = sup.clock()
-        wall = time.time()
-        queued_per_lane = sup.queue.lane_counts()
-        # Keyed tasks get their lane at submit: those the supervisor has not yet taken in from
-        # ``incoming`` wait for that lane too, as the pool-level ``queued`` counts them.
-        for task in sup.incoming:
-            if task.lane is not None:
-                queued_per_lane[task.lane] = queued_per_lane.get(task.lane, 0) + 1
-        rows = []
-        lanes = sup.lanes.count
-        for lane in range(lanes):
-            worker = sup.workers.get(lane)
-            rows.append(_worker_row(lane, worker, queued_per_lane.get(lane, 0), sup, now, wall))
-        draining = [w for lane, w in sorted(sup.workers.items()) if lane >= lanes]
-        for worker in draining:
-            queued = queued_per_lane.get(worker.lane, 0)
-            rows.append(_worker_row(worker.lane, worker, queued, sup, now, wall))
-        for worker in (*sup.retiring, *sup.spares):
-            rows.append(_worker_row(worker.lane, worker, 0, sup, now, wall))
-        tally = sup.tally
-        in_flight = sum(len(w.outstanding) for w in sup.everyone())
-        if sup.broken is not None:
-            state: PoolState = "broken"
-        elif sup.closing:
-            state = "shut down" if sup.finished.is_set() else "closing"
-        else:
-            state = "running"
-        waiting = len(sup.queue) if sup.budget_blocked else 0
-        learned = frozen_map(sup.peaks)
-        pool_level = dict(
-            time=wall,
-            state=state,
-            broken_reason=None if sup.broken is None else str(sup.broken),
-            max_workers=lanes,
-            min_workers=sup.lanes.minimum,
-            queued=len(sup.incoming) + len(sup.queue) - sup.dropped_queued,
-            in_flight=in_flight,
-            submitted=tally.submitted,
-            done=tally.done,
-            failed=tally.failed,
-            cancelled=tally.cancelled,
-            retried=tally.retried,
-            timed_out=tally.timed_out,
-            restarts=tally.restarts,
-            recycles=frozen_map(tally.recycles),
-            throughput=tally.throughput.rate(now),
-            durations=tally.histogram(),
-        )
+    rows: list[dict[str, Any]]
+    pool_level: dict[str, Any]
+    budget_waiting: int
+    learned: Mapping[str, int]
+
+
+def draft(
+    *,
+    now: float,
+    state: PoolState,
+    broken: BaseException | None,
+    crew: Crew,
+    incoming: Collection[Task],
+    queue: TaskQueue,
+    dispatcher: Dispatcher,
+    lanes: Lanes,
+    tally: Tally,
+) -> Draft:
+    """Copy a pool's state; the caller holds the supervisor's state lock and the inbox's lock,
+    so the figures agree with each other (between two rounds of the supervisor's work, with no
+    submission half done)."""
+    wall = time.time()
+    queued_per_lane = queue.lane_counts()
+    # Keyed tasks get their lane at submit: those the supervisor has not yet taken in from
+    # the inbox wait for that lane too, as the pool-level ``queued`` counts them.
+    for task in incoming:
+        if task.lane is not None:
+            queued_per_lane[task.lane] = queued_per_lane.get(task.lane, 0) + 1
+    rows = []
+    count = lanes.count
+    for lane in range(count):
+        worker = crew.in_lane(lane)
+        rows.append(_worker_row(lane, worker, queued_per_lane.get(lane, 0), tally, now, wall))
+    for lane in crew.lanes_in_use():
+        if lane >= count:  # draining
+            worker = crew.in_lane(lane)
+            queued = queued_per_lane.get(lane, 0)
+            rows.append(_worker_row(lane, worker, queued, tally, now, wall))
+    for worker in crew.out_of_lanes():
+        rows.append(_worker_row(worker.lane, worker, 0, tally, now, wall))
+    pool_level = dict(
+        time=wall,
+        state=state,
+        broken_reason=None if broken is None else str(broken),
+        max_workers=count,
+        min_workers=lanes.minimum,
+        queued=len(incoming) + dispatcher.queued(),
+        in_flight=sum(len(w.outstanding) for w in crew.everyone()),
+        submitted=tally.submitted,
+        done=tally.done,
+        failed=tally.failed,
+        cancelled=tally.cancelled,
+        retried=tally.retried,
+        timed_out=tally.timed_out,
+        restarts=tally.restarts,
+        recycles=frozen_map(tally.recycles),
+        throughput=tally.throughput.rate(now),
+        durations=tally.histogram(),
+    )
+    return Draft(
+        rows, pool_level, dispatcher.budget_waiting(), frozen_map(dispatcher.learned_peaks())
+    )
+
+
+def complete(draft: Draft, probe: ProcessProbe, budget: MemoryBudget | None) -> PoolSnapshot:
+    """The snapshot of ``draft``, with per-process figures from ``probe`` (outside the locks,
+    as they do not have to agree with the counters)."""
+    rows = draft.rows
     figures = probe.figures(row["pid"] for row in rows if row["pid"] is not None)
     workers = []
     for row in rows:
@@ -173,7 +192,6 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
         if measured is not None:
             row.update(private=measured.private, pss=measured.pss, cpu_percent=measured.cpu_percent)
         workers.append(WorkerSnapshot(**row))
-    budget = config.budget
     return PoolSnapshot(
         workers=tuple(workers),
         budget=None
@@ -182,18 +200,17 @@ def take(sup: Supervisor, probe: ProcessProbe) -> PoolSnapshot:
             limit=budget.limit,
             in_use=probe.budget_in_use(budget),
             reserved=budget.reserved,
-            waiting=waiting,
-            learned=learned,
+            waiting=draft.budget_waiting,
+            learned=draft.learned,
         ),
         shared_memory=_shared_usage(),
-        **pool_level,  # type: ignore[arg-type]
+        **draft.pool_level,
     )
 
 
 def _worker_row(
-    lane: int, worker: Worker | None, queued: int, sup: Supervisor, now: float, wall: float
+    lane: int, worker: Worker | None, queued: int, tally: Tally, now: float, wall: float
 ) -> dict[str, Any]:
-    tally = sup.tally
     row: dict[str, Any] = dict(
         lane=lane,
         pid=None,

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memwise.errors import ClosedError
-from memwise.pool.events import PoolEvent
+from memwise.pool.events import EventKind, PoolEvent
+
+if TYPE_CHECKING:
+    from memwise.pool.handle import Worker
+    from memwise.pool.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +139,21 @@ class EventHub:
     def emit(self, event: PoolEvent) -> None:
         for subscription in self.subscriptions:
             subscription.put(event)
+
+    def announce(self, kind: EventKind, **fields: Any) -> None:
+        """Deliver an event to the subscribers, if there are any (any thread)."""
+        if self.subscriptions:
+            self.emit(PoolEvent(kind, time.time(), **fields))
+
+    def announce_task(
+        self, kind: EventKind, task: Task, worker: Worker | None = None, **fields: Any
+    ) -> None:
+        """An event about ``task`` (on ``worker``); callers on hot paths check for subscribers."""
+        if not self.subscriptions:
+            return
+        if worker is not None:
+            fields.update(lane=worker.lane, pid=worker.pid)
+        self.emit(PoolEvent(kind, time.time(), task_id=task.id, function=task.label, **fields))
 
     def close(self, wait: bool) -> None:
         """End every subscription (after delivering what they hold); ``wait`` for that."""
