@@ -28,6 +28,8 @@ TESTS = str(Path(__file__).parent)
 RAY = str(Path(sys.executable).with_name("ray"))  # the CLI of this very environment
 START_TIMEOUT = 120.0
 START_ATTEMPTS = 3
+# What Ray says when its own processes did not start within its fixed time.
+TOO_SLOW = ("timed out during startup", "while waiting for node to startup")
 
 
 def installed() -> bool:
@@ -217,3 +219,30 @@ def driver_env(env: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def local_cluster(num_cpus: int = 2) -> Iterator[object]:
+    """A local cluster started by the backend's own ``connect`` (yields the ``ray`` module);
+    stopped at the end, and checked to leave nothing of Ray's in /dev/shm."""
+    from memwise.ray import connect, ray
+
+    shm_before = shm_entries()
+    with driver_env(worker_env()):
+        for attempt in range(START_ATTEMPTS):
+            try:
+                connect(num_cpus=num_cpus)
+                break
+            except Exception as exc:
+                # Ray gives its own processes a fixed time to start; on a loaded machine that
+                # runs out now and then, which says nothing of memwise: start again (any
+                # other failure, or the last attempt's, is the test's error).
+                ray.shutdown()
+                if not any(s in str(exc) for s in TOO_SLOW) or attempt == START_ATTEMPTS - 1:
+                    raise
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+    leftover = shm_entries() - shm_before
+    assert not {entry for entry in leftover if "plasma" in entry or "ray" in entry}, leftover

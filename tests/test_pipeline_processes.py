@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 
 import numpy as np
@@ -104,3 +105,46 @@ def test_a_shut_down_pool_fails_the_item_visibly() -> None:
     with line:
         out = list(line)
     assert len(out) == 3 and all(isinstance(record, ItemError) for record in out)
+
+
+def test_fused_stages_run_as_one_task_per_item(shared_pool: WorkerPool) -> None:
+    submitted = []
+
+    class Counting:
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(fn)
+            return shared_pool.submit(fn, *args, **kwargs)
+
+    counting = Counting()
+    line = Pipeline(range(10), errors="record")
+    line.pipe(tasks.square, pool=counting, workers=2)
+    line.pipe(functools.partial(tasks.fail_on, 49), fuse=True, name="check")
+    line.pipe(lambda x: x + 1)
+    with line:
+        out = list(line)
+        stages = line.snapshot().stages
+    assert [stage.name for stage in stages] == ["square+check", "<lambda>"]
+    assert len(submitted) == 10  # one task per item, not one per fused stage
+    assert out[:7] == [n * n + 1 for n in range(7)] and out[8:] == [65, 82]
+    error = out[7]
+    assert isinstance(error, ItemError) and error.index == 7 and error.stage == "square+check"
+    assert isinstance(error.error, KeyError)
+    if sys.version_info >= (3, 11):  # exceptions have notes
+        assert any("'check'" in note for note in error.error.__notes__)
+
+
+def test_fuse_needs_a_previous_stage_on_the_same_pool(shared_pool: WorkerPool) -> None:
+    line = Pipeline(range(3))
+    with pytest.raises(ValueError, match="must run on a pool"):
+        line.pipe(tasks.square, fuse=True)
+    line.pipe(tasks.square)
+    with pytest.raises(ValueError, match="must run on a pool"):
+        line.pipe(tasks.square, fuse=True)
+    line = Pipeline(range(3)).pipe(tasks.square, pool=shared_pool)
+    with pytest.raises(ValueError, match="same pool"):
+        line.pipe(tasks.square, pool=object(), fuse=True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers and capacity"):
+        line.pipe(tasks.square, workers=2, fuse=True)
+    line.pipe(tasks.square, pool=shared_pool, fuse=True)
+    with line:
+        assert list(line) == [0, 1, 16]

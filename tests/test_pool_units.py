@@ -372,6 +372,17 @@ def test_a_death_with_retries_left_requeues_the_running_task(make_rig):
     assert rig.queue.pop_for(0) is running and rig.tally.retried == 1
 
 
+def test_a_worker_stopped_while_starting_stays_stopping_and_its_exit_is_no_death(make_rig):
+    rig, _ = make_rig()
+    worker, _ = fake_worker(rig, 0)
+    worker.state = State.STARTING
+    rig.crew.stop(worker)  # shutdown while it runs its initializer
+    rig.crew.on_ready(worker)  # its READY crosses the Stop
+    assert worker.state is State.STOPPING
+    die(rig, worker, 0)
+    assert rig.tally.restarts == 0 and rig.crew.vacancies() == {}
+
+
 def test_idle_deaths_break_the_pool_only_when_they_come_fast(make_rig):
     rig, clock = make_rig(workers=1)
     for _ in range(deaths.STORM_DEATHS - 1):
@@ -434,14 +445,3 @@ def test_a_ready_spare_takes_a_recycled_workers_lane_in_the_same_turn(make_rig):
     rig.crew.retire(retired, "tasks")
     assert rig.crew.staff()  # True: the supervisor dispatches again before it waits
     assert rig.crew.in_lane(0) is spare and not rig.crew.is_spare(spare)
-
-
-def test_a_worker_stopped_while_starting_exits_without_counting_a_death(make_rig):
-    rig, _ = make_rig()
-    worker, _ = fake_worker(rig, 0)
-    worker.state = State.STARTING
-    rig.crew.stop(worker)  # e.g. a spare still starting when the pool shuts down
-    rig.crew.on_ready(worker)  # its handshake was already on the way
-    assert worker.state is State.STOPPING
-    die(rig, worker, 0)
-    assert (rig.tally.restarts, rig.crew.vacancies(), rig.start_failures) == (0, {}, [])

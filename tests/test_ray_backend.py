@@ -27,32 +27,20 @@ from memwise.errors import (
 from memwise.pool.queue import lane_for
 
 pytestmark = [
-    pytest.mark.timeout(120),
+    pytest.mark.timeout(240),  # room for a second start of the local cluster on a loaded machine
     pytest.mark.skipif(not _ray.installed(), reason="Ray is not installed (the 'ray' extra)"),
 ]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    """A local cluster started by the backend's own ``connect``; stopped, shm checked.
-
-    Started before any test of the module (so the stray-process check of each test sees its
-    processes as already there), and stopped after the last.
-    """
+    """A local cluster, started before any test of the module (so the stray-process check of
+    each test sees its processes as already there), and stopped after the last."""
     if not _ray.installed():
         yield None
         return
-    from memwise.ray import connect, ray
-
-    shm_before = _ray.shm_entries()
-    with _ray.driver_env(_ray.worker_env()):
-        connect(num_cpus=2)
-        try:
-            yield ray
-        finally:
-            ray.shutdown()
-    leftover = _ray.shm_entries() - shm_before
-    assert not {entry for entry in leftover if "plasma" in entry or "ray" in entry}, leftover
+    with _ray.local_cluster() as ray:
+        yield ray
 
 
 @pytest.fixture(params=["local", "ray"])
@@ -233,6 +221,26 @@ def test_unpicklable_argument_fails_its_future_only(ray_cluster):
         with pytest.raises(SerializationError):
             pool.submit(_tasks.identity, threading.Lock()).result(WAIT)
         assert pool.submit(_tasks.square, 2).result(WAIT) == 4
+
+
+def test_an_argument_the_actor_cannot_rebuild_fails_only_its_task(ray_cluster, tmp_path):
+    with make_pool("ray", workers=1) as pool:
+        blocker = pool.submit(_tasks.block, tmp_path / "pid", tmp_path / "go")
+        _tasks.read_pid(tmp_path / "pid")
+        ahead = [pool.submit(_tasks.square, i) for i in range(8)]  # the lane's pipeline is full
+        # So these three wait here, and go to the actor together, in one batch.
+        batch = [
+            pool.submit(_tasks.square, 5),
+            pool.submit(_tasks.identity, _tasks.Unloadable()),
+            pool.submit(_tasks.square, 6),
+        ]
+        _tasks.touch(tmp_path / "go")
+        blocker.result(WAIT)
+        assert [f.result(WAIT) for f in ahead] == [i * i for i in range(8)]
+        assert (batch[0].result(WAIT), batch[2].result(WAIT)) == (25, 36)
+        with pytest.raises(SerializationError):
+            batch[1].result(WAIT)
+        assert pool.snapshot().restarts == 0
 
 
 def test_workers_are_actors_one_per_lane(ray_cluster):

@@ -185,3 +185,16 @@ def _ratios_table(result: BenchResult, metrics: Sequence[Metric], subject: str) 
 
 def _format_ratio(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.2f}x"
+
+
+def stage_table(
+    title: str, stages: Mapping[str, float], unit: str, fmt: str, notes: Mapping[str, str]
+) -> Table:
+    """A breakdown of one round trip: each stage, its figure in ``unit``, what it is."""
+    table = Table(title=title)
+    table.add_column("stage", no_wrap=True)
+    table.add_column(unit, justify="right")
+    table.add_column("what")
+    for stage, value in stages.items():
+        table.add_row(stage, format(value, fmt), notes.get(stage, ""))
+    return table

@@ -19,6 +19,10 @@ figures of memwise's observing surface, with their targets:
   a real hub; target <= 3 %. ``submit_per_s_subscribed`` is the submit rate with one
   subscriber attached, for comparison.
 
+``breakdown_us`` splits memwise's sequential round trip into its stages, next to the floors
+of this machine (a bare pipe ping-pong between two processes, a wake-up between two threads):
+see :mod:`memwise.benchmarks._roundtrip_stages`.
+
 Each library is driven through its natural API and its best documented setting; the adapters
 below say what they pass. Pools are started and warmed up before any timing, so start-up cost is
 not part of these figures.
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rich.console import Console
+from rich.table import Table
 
 from memwise.benchmarks._harness import (
     Figures,
@@ -49,7 +54,9 @@ from memwise.benchmarks._harness import (
     print_result,
     print_targets,
     ratios_against,
+    stage_table,
 )
+from memwise.benchmarks._roundtrip_stages import STAGE_NOTES, breakdown
 from memwise.benchmarks._tasks import inc, noop, numpy_work
 
 __all__ = ["METRICS", "SYSTEMS", "print_table", "run"]
@@ -78,6 +85,12 @@ METRICS = (
     Metric("map_per_s", "map items/s", ",.0f"),
     Metric("scaling_2v1", "scaling 2v1", ".2f"),
 )
+
+
+class OverheadResult(TargetedResult):
+    """``TargetedResult`` plus memwise's round trip by stage (µs; empty without memwise)."""
+
+    breakdown_us: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -291,7 +304,7 @@ SYSTEMS: dict[str, Callable[[], Adapter]] = {
 }
 
 
-def run(systems: Sequence[str] | None = None, quick: bool = False) -> TargetedResult:
+def run(systems: Sequence[str] | None = None, quick: bool = False) -> OverheadResult:
     """Measure ``systems`` (all by default) in this process; ``quick`` shrinks sizes ~10x.
 
     Sets the numpy thread variables to 1 in this process's environment, which the workers inherit.
@@ -315,11 +328,14 @@ def run(systems: Sequence[str] | None = None, quick: bool = False) -> TargetedRe
         "skipped": skipped,
         "ratios": ratios,
         "targets": _targets(results.get("memwise", {}), ratios),
+        "breakdown_us": breakdown(results["memwise"]["roundtrip_us"])
+        if "memwise" in results
+        else {},
     }
 
 
-def print_table(result: TargetedResult, console: Console | None = None) -> None:
-    """Print the figures, memwise ÷ each peer, the skipped systems, and the targets."""
+def print_table(result: OverheadResult, console: Console | None = None) -> None:
+    """Print the figures, memwise ÷ each peer, the skipped systems, the targets, the stages."""
     console = console or Console()
     print_result(result, METRICS, "memwise", console)
     memwise = result["results"].get("memwise", {})
@@ -328,6 +344,13 @@ def print_table(result: TargetedResult, console: Console | None = None) -> None:
             f"memwise submit/s with one event subscriber: {memwise['submit_per_s_subscribed']:,.0f}"
         )
     print_targets(result["targets"], console)
+    if result["breakdown_us"]:
+        console.print(_breakdown_table(result["breakdown_us"]))
+
+
+def _breakdown_table(stages: dict[str, float]) -> Table:
+    title = "memwise sequential round trip of a no-op, by stage (µs)"
+    return stage_table(title, stages, "µs", ",.1f", STAGE_NOTES)
 
 
 def _targets(memwise: Figures, ratios: dict[str, Figures]) -> dict[str, Target]:

@@ -6,14 +6,24 @@ injected defects; denoise/threshold, detection with ``skimage.measure``, verdict
 - serial: the three stages in a row, in this thread;
 - memwise threads / memwise processes: a ``Pipeline`` with frames leased from a shared
   ``BufferPool`` (handles, not copies, to the workers); two threads per heavy stage, or both
-  heavy stages sharing one ``WorkerPool`` of ``PROCESSES`` processes;
+  heavy stages sharing one ``WorkerPool`` of ``PROCESSES`` processes; and the same with
+  detect fused into denoise's task (``pipe(fuse=True)``: one task per frame), shown apart
+  and not used for the targets, since a peer's user could compose the functions too;
 - a hand-written ``multiprocessing.Queue`` chain, pypeln process stages, chained mpire
   ``imap``, spdl with a process executor (each skipped, with the reason, if it does not run).
 
-Per system: frames/s in steady state (after ``warmup`` results), p50/p99 latency from a frame's
-creation to its verdict, peak memory (private memory of this process and its workers plus this
-process's shared-memory slots, sampled every 20 ms), growth of that over the idle system, drops
-and order violations (results delivered after a later frame's).
+Every system is timed the same way (:func:`memwise.demos._lines.measure`): warm-up rounds until
+every process of every heavy stage has run an item, drained, then fresh frames timed from the
+first frame's creation to the last verdict. Per system: frames/s, p50/p99 latency from a
+frame's creation to its verdict, peak memory (private memory of this process and its workers
+plus this process's shared-memory slots, sampled every 50 ms), growth of that over the warm,
+idle system, CPU time per frame (this process; its workers) and what that allows on this
+machine's CPUs if the system had them to itself (serial: one CPU), drops and order
+violations (results delivered after a later frame's).
+
+Sanity: no system can go faster than serial on every CPU; any that seems to is flagged, and
+so is any not fully warm when timed. The bound itself is measured too: the serial loop in one
+process per CPU, each on its share of the frames (no pipeline, no parent in the way).
 
 The memory bound is stated from the capacities: at most ``capacity`` frames are in the line,
 and each needs at most its frame plus the temporaries of one pass through the stages (measured
@@ -22,7 +32,6 @@ here with tracemalloc over a serial pass), so growth must stay within ``capacity
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,14 +52,15 @@ from memwise.benchmarks._harness import (
     print_targets,
     ratios_against,
 )
-from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES
+from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES, parallel_bound
 from memwise.demos._inspection import FRAME_SHAPE, Frame, fill_frame, inspect, warm_up
-from memwise.demos._lines import LineRun, run_pipeline, run_serial
+from memwise.demos._lines import Line, LineRun, MemwiseLine, SerialLine, measure
 from memwise.pool.api import WorkerPool
 
 __all__ = ["METRICS", "print_table", "run"]
 
 SUBJECT = "memwise processes"
+FUSED = "memwise processes, fused"  # detect in denoise's task: not counted for the targets
 CAPACITY = 8
 SHM_THRESHOLD = "256 KiB"  # 480x640x3 frames (900 KiB) go through shared-memory slots
 MIN_SPEEDUP_SERIAL = 1.8
@@ -63,6 +73,9 @@ METRICS = (
     Metric("p99_ms", "p99 ms", ",.0f", higher_is_better=False),
     Metric("peak_mib", "peak MiB", ",.0f", higher_is_better=False),
     Metric("growth_mib", "growth MiB", ",.0f", higher_is_better=False),
+    Metric("parent_cpu_ms", "parent CPU ms/frame", ",.1f", higher_is_better=False),
+    Metric("workers_cpu_ms", "workers CPU ms/frame", ",.1f", higher_is_better=False),
+    Metric("cpu_limit_fps", "CPU-bound frames/s", ",.1f"),
     Metric("drops", "drops", ",.0f", higher_is_better=False),
     Metric("order_violations", "order violations", ",.0f", higher_is_better=False),
 )
@@ -71,17 +84,18 @@ METRICS = (
 @dataclass(frozen=True)
 class Sizes:
     frames: int
-    warmup: int
 
 
-FULL = Sizes(frames=120, warmup=6)
-QUICK = Sizes(frames=24, warmup=4)
+FULL = Sizes(frames=160)
+QUICK = Sizes(frames=40)
 
 
 class PipelineResult(TargetedResult):
-    """Adds ``bound``: the memory bound the growth target is checked against."""
+    """Adds ``bound`` (the memory bound the growth target is checked against, and the
+    machine's parallel bound) and ``sanity`` (systems whose figures cannot be right)."""
 
     bound: dict[str, float]
+    sanity: dict[str, Any]
 
 
 def _item_bytes(scenes: list[Any]) -> int:
@@ -102,42 +116,35 @@ def _item_bytes(scenes: list[Any]) -> int:
     return pixels.nbytes + peak
 
 
-def _memwise_processes(sizes: Sizes, scenes: list[Any]) -> LineRun:
+def _memwise_processes(count: int, scenes: list[Any], fuse: bool = False) -> LineRun:
     # One pool for both heavy stages: whichever is the bottleneck may use every process.
     with WorkerPool(PROCESSES, initializer=warm_up, shm_threshold=SHM_THRESHOLD) as pool:
-        return run_pipeline(
-            sizes.frames,
-            scenes,
-            pool=pool,
-            workers=PROCESSES,
-            capacity=CAPACITY,
-            warmup=sizes.warmup,
-        )
+        line = MemwiseLine(scenes, CAPACITY, pool=pool, workers=PROCESSES, fuse=fuse)
+        return measure(line, count)
 
 
-def _systems(sizes: Sizes, scenes: list[Any], checked: dict[str, LineRun]) -> dict[str, Any]:
+def _systems(count: int, scenes: list[Any], checked: dict[str, LineRun]) -> dict[str, Any]:
     def measured(run_line: Callable[[], LineRun], name: str) -> Callable[[], Figures]:
-        def measure() -> Figures:
+        def measure_() -> Figures:
             line = run_line()
             checked[name] = line
             return line.figures()
 
-        return measure
+        return measure_
+
+    def peer(kind: type[Line]) -> Callable[[], LineRun]:
+        return lambda: measure(kind(scenes, CAPACITY), count)
 
     systems = {
-        "serial": measured(lambda: run_serial(sizes.frames, scenes, sizes.warmup), "serial"),
+        "serial": measured(lambda: measure(SerialLine(scenes, CAPACITY), count), "serial"),
         "memwise threads": measured(
-            lambda: run_pipeline(
-                sizes.frames, scenes, pool=None, capacity=CAPACITY, warmup=sizes.warmup
-            ),
-            "memwise threads",
+            lambda: measure(MemwiseLine(scenes, CAPACITY, pool=None), count), "memwise threads"
         ),
-        SUBJECT: measured(lambda: _memwise_processes(sizes, scenes), SUBJECT),
+        SUBJECT: measured(lambda: _memwise_processes(count, scenes), SUBJECT),
+        FUSED: measured(lambda: _memwise_processes(count, scenes, fuse=True), FUSED),
     }
-    for name, peer in PEERS.items():
-        systems[name] = measured(
-            functools.partial(peer, sizes.frames, scenes, CAPACITY, sizes.warmup), name
-        )
+    for name, kind in PEERS.items():
+        systems[name] = measured(peer(kind), name)
     return systems
 
 
@@ -183,6 +190,23 @@ def _targets(
     }
 
 
+def _sanity(results: dict[str, Figures], cpus: int, bound_fps: float | None) -> dict[str, Any]:
+    """Systems faster than serial on every CPU (impossible: noise, or a timing fault), and
+    systems timed before every one of their processes had run an item."""
+    serial = results.get("serial")
+    limit = serial["frames_per_s"] * cpus if serial else None
+    return {
+        "limit_frames_per_s": limit,
+        "faster_than_limit": sorted(
+            name
+            for name, figures in results.items()
+            if limit is not None and figures["frames_per_s"] > limit
+        ),
+        "not_warm": sorted(name for name, figures in results.items() if not figures["warm"]),
+        "parallel_bound_frames_per_s": bound_fps,
+    }
+
+
 def run(quick: bool = False) -> PipelineResult:
     """Every system on the same frames, one after the other in this process."""
     from memwise.demos._inspection import load_scenes
@@ -190,9 +214,16 @@ def run(quick: bool = False) -> PipelineResult:
     sizes = QUICK if quick else FULL
     scenes = load_scenes()
     item_mib = _item_bytes(scenes) / MiB
+    cpus = len(os.sched_getaffinity(0))
     checked: dict[str, LineRun] = {}
-    results, skipped = measure_systems(_systems(sizes, scenes, checked))
+    results, skipped = measure_systems(_systems(sizes.frames, scenes, checked))
+    for name, figures in results.items():
+        cpu_ms = figures["parent_cpu_ms"] + figures["workers_cpu_ms"]
+        figures["cpu_limit_fps"] = (1 if name == "serial" else cpus) * 1000 / max(cpu_ms, 1e-9)
+    machine = parallel_bound(sizes.frames, cpus)
+    serial = checked.get("serial")
     bound_mib = CAPACITY * item_mib
+    mine = results.get(SUBJECT)
     return {
         "benchmark": "pipeline",
         "results": results,
@@ -203,8 +234,21 @@ def run(quick: bool = False) -> PipelineResult:
             "capacity": CAPACITY,
             "item_mib": round(item_mib, 2),
             "bound_mib": round(bound_mib, 1),
-            "cpus": float(len(os.sched_getaffinity(0))),
+            "cpus": float(cpus),
+            "parallel_frames_per_s": machine.frames_per_s,
+            "parallel_cpu_ms": machine.cpu_ms,
+            "parallel_warm": float(machine.warm),
+            "parallel_verdicts_equal_serial": float(
+                serial is not None and machine.verdicts == serial.verdicts
+            ),
+            "memwise_over_parallel": mine["frames_per_s"] / machine.frames_per_s if mine else 0.0,
+            # What the machine let this run gain over serial at best: on a shared machine it
+            # may be far below the CPU count, and no speedup target above it can be met.
+            "parallel_over_serial": (
+                machine.frames_per_s / serial.frames_per_s if serial is not None else 0.0
+            ),
         },
+        "sanity": _sanity(results, cpus, machine.frames_per_s),
     }
 
 
@@ -212,9 +256,27 @@ def print_table(result: PipelineResult, console: Console | None = None) -> None:
     """The figures, memwise processes ÷ each system, then the targets."""
     console = console or Console()
     print_result(result, METRICS, SUBJECT, console)
-    bound = result["bound"]
+    bound, sanity = result["bound"], result["sanity"]
     console.print(
         f"memory bound: capacity {bound['capacity']:.0f} x {bound['item_mib']} MiB per item "
         f"(frame + one pass's temporaries) = {bound['bound_mib']} MiB"
     )
+    console.print(
+        f"machine bound: the serial loop in {bound['cpus']:.0f} processes, no pipeline: "
+        f"{bound['parallel_frames_per_s']:.1f} frames/s at {bound['parallel_cpu_ms']:.1f} "
+        f"CPU ms/frame ({bound['parallel_over_serial']:.2f}x serial: the most any system could "
+        f"gain in this run); memwise processes reach {bound['memwise_over_parallel']:.0%} of it"
+    )
+    if sanity["faster_than_limit"]:
+        console.print(
+            f"[red]implausible[/]: faster than serial x {bound['cpus']:.0f} CPUs "
+            f"({sanity['limit_frames_per_s']:.1f} frames/s): "
+            + ", ".join(sanity["faster_than_limit"])
+            + " (a noisy serial run, or a timing fault)"
+        )
+    if sanity["not_warm"]:
+        console.print(
+            "[red]not warm[/] (some process had run no item before the timed run): "
+            + ", ".join(sanity["not_warm"])
+        )
     print_targets(result["targets"], console)

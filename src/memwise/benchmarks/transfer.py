@@ -54,6 +54,7 @@ from memwise.benchmarks._harness import (
     print_result,
     print_targets,
     ratios_against,
+    stage_table,
     time_call,
 )
 from memwise.benchmarks._tasks import one_minus, one_minus_in_slot, timed_one_minus
@@ -481,10 +482,5 @@ _STAGE_NOTES = {
 
 
 def _breakdown_table(stages: dict[str, float]) -> Table:
-    table = Table(title="memwise 48 MB round trip, by stage (median ms)")
-    table.add_column("stage", no_wrap=True)
-    table.add_column("ms", justify="right")
-    table.add_column("what")
-    for stage, ms in stages.items():
-        table.add_row(stage, f"{ms:,.2f}", _STAGE_NOTES.get(stage, ""))
-    return table
+    title = "memwise 48 MB round trip, by stage (median ms)"
+    return stage_table(title, stages, "ms", ",.2f", _STAGE_NOTES)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from memwise.demos import Scenario
 from memwise.demos._inspection import load_scenes, warm_up
-from memwise.demos._lines import LineRun, run_pipeline, run_serial
+from memwise.demos._lines import LineRun, MemwiseLine, SerialLine, measure
 from memwise.memory import format_size
 from memwise.pool.api import WorkerPool
 
@@ -29,13 +29,17 @@ CAPACITY = 8
 
 
 def run(*, short: bool, console: Console) -> Scenario:
-    """Serial reference, then the pipeline over two worker processes, then the checks."""
+    """Serial reference, then the pipeline over two worker processes, then the checks.
+
+    Both are warmed up (every worker process has run a frame of each stage) before the frames
+    that are timed and checked.
+    """
     count = 24 if short else 150
     console.print(f"Cutting {count} frames of 480x640 from the scikit-image photographs ...")
     scenes = load_scenes()
-    serial = run_serial(count, scenes)
+    serial = measure(SerialLine(scenes, CAPACITY), count)
     with WorkerPool(2, initializer=warm_up, shm_threshold=SHM_THRESHOLD) as pool:
-        line = run_pipeline(count, scenes, pool=pool, capacity=CAPACITY)
+        line = measure(MemwiseLine(scenes, CAPACITY, pool=pool), count)
     expected = list(range(count))
     same = line.verdicts == serial.verdicts
     in_order = [v.index for v in line.verdicts] == expected and line.order_violations == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -11,7 +12,7 @@ from typing import Any, Literal
 
 from memwise.pipeline._flow import Flow, Release, run_worker
 from memwise.pipeline.snapshot import PipelineSnapshot
-from memwise.pipeline.stage import Item, ItemError, Stage, Submits
+from memwise.pipeline.stage import Fused, Item, ItemError, Stage, Submits
 
 __all__ = ["Pipeline"]
 
@@ -91,6 +92,7 @@ class Pipeline:
         pool: Submits | None = None,
         capacity: int | None = None,
         name: str | None = None,
+        fuse: bool = False,
     ) -> Pipeline:
         """Add a stage running ``fn`` on each item; returns the pipeline, for chaining.
 
@@ -104,9 +106,19 @@ class Pipeline:
                 pool's ``retries``. Stages may share one pool. None: threads of this process.
             capacity: the most items waiting in front of this stage (default: ``workers``).
             name: the stage's name in snapshots and errors (default: ``fn.__name__``).
+            fuse: run ``fn`` in the same task as the previous stage, which must run on a pool
+                (this one's ``pool``, if given, must be the same): one task and one round
+                trip through this process per item instead of two, and the previous result
+                never leaves the worker. The two then show as one stage ("a+b") with the
+                previous stage's workers and capacity; an error's note names the function
+                that raised.
         """
         if self._flow is not None:
             raise ValueError(f"{self!r} already started: add every stage before iterating")
+        stage_name = name or getattr(fn, "__name__", None) or f"stage{len(self._stages)}"
+        if fuse:
+            self._fuse(fn, stage_name, pool, workers, capacity)
+            return self
         if workers is None:
             workers = 1 if pool is None else int(getattr(pool, "workers", 1))
         capacity = workers if capacity is None else capacity
@@ -114,9 +126,41 @@ class Pipeline:
             raise ValueError(
                 f"a stage needs workers >= 1 and capacity >= 1, got {workers} and {capacity}"
             )
-        stage_name = name or getattr(fn, "__name__", None) or f"stage{len(self._stages)}"
         self._stages.append(Stage(fn, stage_name, workers, pool, capacity))
         return self
+
+    def _fuse(
+        self,
+        fn: Callable[[Any], Any],
+        name: str,
+        pool: Submits | None,
+        workers: int | None,
+        capacity: int | None,
+    ) -> None:
+        previous = self._stages[-1] if self._stages else None
+        if previous is None or previous.pool is None:
+            raise ValueError(
+                f"fuse=True runs {name!r} in the tasks of the previous stage, which must run "
+                "on a pool: add the stage without fuse, or give the previous stage a pool"
+            )
+        if pool is not None and pool is not previous.pool:
+            raise ValueError(
+                f"fuse=True runs {name!r} on the previous stage's pool: leave pool out, or "
+                "pass that same pool"
+            )
+        if workers is not None or capacity is not None:
+            raise ValueError(
+                f"a fused stage ({name!r}) uses the previous stage's workers and capacity: "
+                "set them there"
+            )
+        fused = (
+            previous.fn
+            if isinstance(previous.fn, Fused)
+            else Fused((previous.fn,), (previous.name,))
+        )
+        self._stages[-1] = dataclasses.replace(
+            previous, fn=fused.then(fn, name), name=f"{previous.name}+{name}"
+        )
 
     # ---------------------------------------------------------------- running
 

@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["ItemError", "Stage", "Submits"]
+__all__ = ["Fused", "ItemError", "Stage", "Submits"]
 
 
 class Submits(Protocol):
@@ -41,6 +41,33 @@ class Stage:
     @property
     def kind(self) -> str:
         return "threads" if self.pool is None else "pool"
+
+
+@dataclass(frozen=True)
+class Fused:
+    """Stage functions run one after the other within one call: the stages of ``fuse=True``.
+
+    On a pool that makes one task per item instead of one per stage: one round trip through
+    the parent, and the results between the stages never leave the worker. Picklable whenever
+    the functions are. An exception gets a note naming the stage that raised it.
+    """
+
+    fns: tuple[Callable[[Any], Any], ...]
+    names: tuple[str, ...]
+
+    def __call__(self, item: Any) -> Any:
+        for fn, name in zip(self.fns, self.names, strict=True):
+            try:
+                item = fn(item)
+            except Exception as exc:
+                note = getattr(exc, "add_note", None)  # Python >= 3.11
+                if note is not None:
+                    note(f"(raised by {name!r}, fused into one task: {' + '.join(self.names)})")
+                raise
+        return item
+
+    def then(self, fn: Callable[[Any], Any], name: str) -> Fused:
+        return Fused((*self.fns, fn), (*self.names, name))
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,25 @@ def encode(message: Any) -> bytes:
     return pickle.dumps((_TAGS[type(message)], *message), _wire.PROTOCOL)
 
 
+_DONE = _TAGS[Done]
+
+
+def encode_done(
+    task_id: int,
+    status: int,
+    payload: bytes,
+    seconds: float,
+    gifts: tuple[Any, ...],
+    returns: list[Any],
+    private: int | None,
+    peak: int | None,
+) -> bytes:
+    """``encode(Done(...))`` without building the ``Done``: a worker sends one per task."""
+    return pickle.dumps(
+        (_DONE, task_id, status, payload, seconds, gifts, returns, private, peak), _wire.PROTOCOL
+    )
+
+
 def decode(data: bytes | bytearray) -> Any:
     """A message as received (one of the classes above)."""
     plain = pickle.loads(data)

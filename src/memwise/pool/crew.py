@@ -274,7 +274,7 @@ class Crew:
     def on_ready(self, worker: Worker) -> None:
         """``worker`` finished its initializer; the pool has started once enough have."""
         if worker.state is not State.STARTING:
-            return  # told to stop while starting (a spare at shutdown): its exit is expected
+            return  # told to stop while it started (shutdown): it exits, and that is expected
         worker.state = State.READY
         worker.since = worker.idle_since = self._clock()
         self._hub.announce("worker_ready", lane=worker.lane, pid=worker.pid)

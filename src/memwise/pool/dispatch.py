@@ -148,6 +148,9 @@ class Dispatcher:
         if queue:
             depth = self._pipeline_depth()
             batches: dict[Worker, list[Task]] = {w: [] for w in ready}
+            # Payload bytes sent to each worker and not yet read by it, kept up to date as
+            # the batches grow: summing them per task would cost O(depth) per task dispatched.
+            unread = {w: sum(len(t.payload) for t in w.outstanding) for w in ready}
             progress = True
             try:
                 while progress and queue and not self._budget_blocked:
@@ -155,9 +158,10 @@ class Dispatcher:
                     for worker, batch in batches.items():
                         if not _has_room(worker, batch, depth, self._clock()):
                             continue
-                        task = self._next_for(worker, batch)
+                        task = self._next_for(worker, batch, unread[worker])
                         if task is not None:
                             batch.append(task)
+                            unread[worker] += len(task.payload)
                             progress = True
                 for worker in list(batches):
                     batch = batches.pop(worker)
@@ -186,7 +190,8 @@ class Dispatcher:
         depth = int(PIPELINE_SECONDS / max(self._service_time, 1e-6))
         return max(1, min(MAX_PIPELINE_DEPTH, depth))
 
-    def _next_for(self, worker: Worker, batch: list[Task]) -> Task | None:
+    def _next_for(self, worker: Worker, batch: list[Task], unread: int) -> Task | None:
+        """The next task for ``worker``, which has ``batch`` coming and ``unread`` bytes unread."""
         busy = bool(worker.outstanding or batch)
         general = worker.lane < self._lanes.count  # a draining lane runs only its pinned keys
         queue = self._queue
@@ -199,7 +204,7 @@ class Dispatcher:
             task = queue.pop_for(worker.lane, general)
             if task is None:
                 return None
-            if busy and not _pipelinable(task, worker, batch):
+            if busy and not _pipelinable(task, unread):
                 queue.push_back([task])
                 return None
             if not self._admit(task):
@@ -333,12 +338,11 @@ def _has_room(worker: Worker, batch: list[Task], depth: int, now: float) -> bool
     return not worker.outstanding or now - worker.busy_since < PIPELINE_SECONDS
 
 
-def _pipelinable(task: Task, worker: Worker, batch: list[Task]) -> bool:
-    """Whether ``task`` may be queued on a worker that is busy.
+def _pipelinable(task: Task, unread: int) -> bool:
+    """Whether ``task`` may be queued on a busy worker that has ``unread`` bytes to read.
 
     Not a latest-wins task: it must stay cancellable until a worker is actually free.
     """
     if task.coalesce is not None:
         return False
-    unread = sum(len(t.payload) for t in (*worker.outstanding, *batch))
     return len(task.payload) + unread <= PIPELINE_BYTES

@@ -161,8 +161,9 @@ class Inbox:
         with self.lock:
             self._poked = False
             try:
-                while os.read(self._wake_r, 4096):
-                    pass
+                # At most one byte is ever pending (``_poked``): one read empties the pipe,
+                # and a second would cost this thread a system call, and the GIL, per wake.
+                os.read(self._wake_r, 4096)
             except BlockingIOError:
                 pass
             tasks = list(self._incoming)

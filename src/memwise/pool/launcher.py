@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from memwise import _channel
 from memwise.errors import SerializationError
 from memwise.pool import worker as _worker_module
 from memwise.pool.context import forget_main_hint
@@ -53,7 +54,7 @@ class LaunchFailed:
 
 def launch(ctx: Any, lane: int, start_initargs: tuple[Any, ...] | None) -> Launched:
     """Start one worker process (blocking); raises SerializationError or OSError."""
-    conn, child_conn = ctx.Pipe(duplex=True)
+    conn, child_conn = _channel.pipe(ctx)
     alive_r, alive_w = ctx.Pipe(duplex=False)
     ledger = Ledger(ctx)
     process = ctx.Process(

@@ -85,6 +85,8 @@ class Recycle:
 
     def after_task(self, tasks_done: int, private: int | None) -> str | None:
         """The reason to retire a worker that just finished a task, or None."""
+        if self.tasks is None and self.memory is None:
+            return None  # the common case, checked after every task on both sides
         if self.tasks is not None and tasks_done >= self.tasks:
             return "tasks"
         limit = self.memory_bytes

@@ -31,7 +31,7 @@ def snapshot(sup: LaneSupervisor) -> PoolSnapshot:
         now, wall = time.monotonic(), time.time()
         lanes = sorted(sup.lanes.values(), key=lambda lane: lane.index)
         waiting = sup.queue.lane_counts()
-        in_flight = sum(len(lane.sent) for lane in lanes + sup.draining)
+        in_flight = sum(len(lane.sent) for lane in lanes)
         state: PoolState = "running"
         if sup.broken is not None:
             state = "broken"
@@ -45,7 +45,7 @@ def snapshot(sup: LaneSupervisor) -> PoolSnapshot:
             broken_reason=None if sup.broken is None else str(sup.broken),
             max_workers=sup.workers,
             min_workers=sup.workers,
-            workers=tuple(_worker(lane, now, wall, waiting) for lane in lanes),
+            workers=tuple(_worker(lane, now, wall, waiting, sup.workers) for lane in lanes),
             queued=len(sup.queue),
             in_flight=in_flight,
             submitted=counts["submitted"],
@@ -63,10 +63,12 @@ def snapshot(sup: LaneSupervisor) -> PoolSnapshot:
         )
 
 
-def _worker(lane: Lane, now: float, wall: float, waiting: Mapping[int, int]) -> WorkerSnapshot:
+def _worker(
+    lane: Lane, now: float, wall: float, waiting: Mapping[int, int], count: int
+) -> WorkerSnapshot:
     head = lane.sent[0].task if lane.sent else None
     state: WorkerState = "starting" if lane.pid is None else "busy" if head else "idle"
-    if lane.retiring is not None:
+    if lane.retiring is not None or lane.index >= count:  # recycled, or its lane drains
         state = "stopping"
     running = None
     if head is not None:

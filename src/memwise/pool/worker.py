@@ -25,7 +25,6 @@ from memwise.pool import context
 from memwise.pool._protocol import (
     OK,
     RAISED,
-    Done,
     Init,
     InitError,
     InitOptions,
@@ -35,6 +34,7 @@ from memwise.pool._protocol import (
     TaskEntry,
     decode,
     encode,
+    encode_done,
 )
 from memwise.pool.ledger import Ledger
 from memwise.shared import Owner, owner_of, sweep_when_dead
@@ -135,7 +135,7 @@ def _initialize(conn: _channel.Channel, init: Init, start_initargs: tuple[Any, .
     return True
 
 
-def _execute(
+def execute(
     task_id: int, payload: bytes, handles: tuple[Any, ...], slots: _oob.WorkerSlots
 ) -> tuple[int, int, bytes, float, tuple[Any, ...]]:
     """Run one task; returns (id, status, pickled result or exception, seconds, result slots).
@@ -196,6 +196,7 @@ def main(
     slots = _oob.WorkerSlots(options.owner, options.shm_threshold)
     slots.serve_tasks()
     recycle = options.recycle
+    housekeeping = options.trim or options.report_memory
     probe = PeakProbe() if options.measure_peak else None
     borrowing = False
     tasks_done = 0
@@ -209,17 +210,17 @@ def main(
             borrowing = borrowing or bool(handles)
             if probe is not None:
                 probe.start()
-            outcome = _execute(task_id, payload, handles, slots)
+            outcome = execute(task_id, payload, handles, slots)
             peak = None if probe is None else probe.rise()
             returns = _oob.returns() if borrowing else []
             tasks_done += 1
-            private = _after_task(options)
+            private = _after_task(options) if housekeeping else None
             if recycle.after_task(tasks_done, private) is not None:
                 # Due for recycling: start nothing more, so the tasks sent behind this one can
                 # go to another worker, and this one's memory never exceeds its limit by more
                 # than one task's worth. The supervisor reaches the same verdict from "done".
                 ledger.revoke(newest_epoch)
-            _send(channel, Done(*outcome, returns, private, peak))
+            channel.send(encode_done(*outcome, returns, private, peak))
             continue
         if not inbox:
             try:
@@ -231,5 +232,6 @@ def main(
         if isinstance(message, Stop):
             return
         newest_epoch = message.epoch
-        slots.stock(message.restock)
-        backlog.extend((message.epoch, task) for task in message.tasks)
+        if message.restock:
+            slots.stock(message.restock)
+        backlog.extend([(newest_epoch, task) for task in message.tasks])
