@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+import _import_probe
 import _policy_tasks
 from _policy_tasks import WAIT, MiB, block, getpid, wait_for, write_atomic
 from _tasks import wait_until
@@ -37,6 +38,16 @@ def test_recycle_after_n_tasks():
     assert snapshot.recycles == {"tasks": 3}
     assert snapshot.workers[0].recycles == {"tasks": 3}
     assert snapshot.restarts == 0  # a recycle is not a crash
+
+
+def test_a_spare_imports_the_module_of_the_running_tasks_before_it_takes_a_lane():
+    # The spare starts while the first worker runs its two (slow) tasks and imports their
+    # module before it reports ready; the first worker imported it for its first task.
+    with WorkerPool(1, recycle=Recycle(tasks=2, spares=1)) as pool:
+        results = [pool.submit(_import_probe.stamp, 1.5) for _ in range(3)]
+        (first_pid, first_age), _, (spare_pid, spare_age) = [f.result(WAIT) for f in results]
+    assert first_pid != spare_pid
+    assert first_age < 1.0 < spare_age  # the spare had it for most of the first worker's life
 
 
 def test_recycle_after_n_tasks_in_a_burst():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
@@ -409,14 +410,38 @@ def test_max_restarts_breaks_the_pool(make_rig):
     assert "max_restarts=2" in str(rig.broken)
 
 
+def started_spares(rig: Rig) -> list[Worker]:
+    """Wait for the launcher's thread to start the spares asked for; the crew's spares."""
+    deadline = time.monotonic() + 30.0
+    while rig.crew.pending_spares() and time.monotonic() < deadline:
+        for key, _events in rig.crew.wait(1.0):
+            key.data()
+    return [w for w in rig.crew.out_of_lanes() if rig.crew.is_spare(w)]
+
+
 def test_recycle_spares_start_only_while_work_is_waiting(make_rig):
     rig, _ = make_rig(recycle=Recycle(tasks=10, spares=1))
     rig.started.set()
     rig.crew.staff()
-    assert rig.crew.everyone() == []  # min_workers=0, nothing to do: no process at all
+    rig.crew.start_spares()
+    assert rig.crew.everyone() == [] and not rig.crew.pending_spares()  # nothing to do
     rig.queue.push(task())
     rig.crew.staff()
-    assert [w.lane for w in rig.crew.out_of_lanes()] == [SPARE]  # a warm spare, besides
-    assert [w.lane for w in rig.crew.in_lanes()] == [0]  # the lane worker for the task
-    rig.crew.staff()
-    assert len(rig.crew.everyone()) == 2  # one spare is enough
+    assert [w.lane for w in rig.crew.in_lanes()] == [0]  # the lane worker, started at once
+    rig.crew.start_spares()
+    rig.crew.start_spares()  # one spare is enough, started or still starting
+    assert [w.lane for w in started_spares(rig)] == [SPARE]  # on the launcher's thread
+    assert len(rig.crew.everyone()) == 2
+
+
+def test_a_ready_spare_takes_a_recycled_workers_lane_in_the_same_turn(make_rig):
+    rig, _ = make_rig(workers=1, recycle=Recycle(tasks=1, spares=1))
+    rig.started.set()
+    retired, _ = fake_worker(rig, 0)
+    rig.queue.push(task())
+    rig.crew.start_spares()
+    (spare,) = started_spares(rig)
+    rig.crew.on_ready(spare)
+    rig.crew.retire(retired, "tasks")
+    assert rig.crew.staff()  # True: the supervisor dispatches again before it waits
+    assert rig.crew.in_lane(0) is spare and not rig.crew.is_spare(spare)

@@ -34,6 +34,9 @@ class InitOptions(NamedTuple):
     report_memory: bool  # send its private memory with every Done
     trim: bool  # malloc_trim after every task
     measure_peak: bool  # send each task's peak memory rise with its Done
+    # Modules of the functions the pool's workers run now, imported before READY by a spare so
+    # that its first task does not wait for them.
+    imports: tuple[str, ...] = ()
 
 
 class Init(NamedTuple):

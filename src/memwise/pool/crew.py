@@ -10,22 +10,18 @@ sentinel, plus the wake-up pipe); :mod:`memwise.pool.deadlines` acts on its work
 from __future__ import annotations
 
 import logging
-import pickle
 import selectors
 import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
-from memwise import _channel
 from memwise.errors import SerializationError, WorkerInitError
-from memwise.pool import worker as _worker_module
 from memwise.pool._protocol import Init, InitOptions, Stop, encode
 from memwise.pool.config import PoolConfig
-from memwise.pool.context import forget_main_hint
 from memwise.pool.handle import State, Worker
 from memwise.pool.inbox import Inbox
 from memwise.pool.lanes import Lanes
-from memwise.pool.ledger import Ledger
+from memwise.pool.launcher import Launched, Launcher, launch
 from memwise.pool.queue import TaskQueue
 from memwise.pool.stats import Tally
 from memwise.pool.subscribers import EventHub
@@ -35,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 SPARE = -1  # the lane number of spare workers
 START_RETRY_SECONDS = 0.2  # after the OS refused a new process
-# What multiprocessing raises when it cannot pickle a new process's arguments.
-_START_PICKLING_FAILURES = (pickle.PicklingError, TypeError, AttributeError, RuntimeError)
 
 WorkerCallback = Callable[[Worker], None]
 StartFailure = Callable[[BaseException, "BaseException | None", bool], None]
@@ -85,6 +79,8 @@ class Crew:
         self._vacated: dict[int, str] = {}
         self._selector = selectors.DefaultSelector()
         self._retry_start_at: float | None = None
+        self._launcher = Launcher(ctx, config.start_initargs)
+        self.watch(self._launcher, self._on_launched)
 
     # ----- who is where ------------------------------------------------------------------
 
@@ -109,6 +105,10 @@ class Crew:
 
     def is_spare(self, worker: Worker) -> bool:
         return worker in self._spares
+
+    def pending_spares(self) -> int:
+        """Spares asked of the launcher and not made workers yet."""
+        return len(self._launcher.pending())
 
     def vacated(self, lane: int, reason: str) -> None:
         """The process of ``lane`` went for ``reason``; its replacement will say so."""
@@ -142,14 +142,16 @@ class Crew:
 
     # ----- starting ----------------------------------------------------------------------
 
-    def staff(self) -> None:
-        """Start workers where needed: the minimum, lanes with keyed work, spare capacity."""
+    def staff(self) -> bool:
+        """Fill lanes where needed (the minimum, lanes with keyed work, spare capacity), with a
+        warm spare if there is one; True if a spare took a lane (the caller dispatches again:
+        nothing else may wake the loop if every lane was recycled at once)."""
         if self._inbox.broken is not None or (self._inbox.closing and not self._queue):
-            return
+            return False
         workers = self._workers
         lanes = self._lanes.count
-        if len(workers) == lanes and max(workers) < lanes and not self._wants_spare():
-            return  # every lane is filled: the common case, on every turn of the loop
+        if len(workers) == lanes and max(workers) < lanes:
+            return False  # every lane is filled: the common case, on every turn of the loop
         # Lanes with keyed work include draining ones (see memwise.pool.lanes).
         wanted = set(range(self._lanes.minimum)) | self._queue.waiting_lanes()
         spare = sum(
@@ -164,18 +166,26 @@ class Crew:
             if lane not in workers and lane not in wanted:
                 wanted.add(lane)
                 need -= 1
+        promoted = False
         for lane in sorted(wanted - workers.keys()):
             if self._promote_spare(lane):
-                continue
-            if not self._try_start(lane):
-                return
-        while self._wants_spare() and self._try_start(SPARE):
-            pass
+                promoted = True
+            elif not self._try_start(lane):
+                break
+        return promoted
+
+    def start_spares(self) -> None:
+        """Ask the launcher for the spares wanted; they start on its thread (see
+        :mod:`memwise.pool.launcher`), so the supervisor keeps dispatching meanwhile."""
+        if self._inbox.broken is not None or self._retry_start_at is not None:
+            return  # broken, or starts are failing: no more processes than the lanes need
+        while self._wants_spare():
+            self._launcher.request(SPARE)
 
     def _wants_spare(self) -> bool:
         """Warm spares hide a recycled worker's start-up, while there is work to hide it from."""
         return (
-            len(self._spares) < self._config.recycle.warm_spares
+            len(self._spares) + self.pending_spares() < self._config.recycle.warm_spares
             and self._started.is_set()
             and not self._inbox.closing
             and (bool(self._queue) or any(w.outstanding for w in self._workers.values()))
@@ -191,46 +201,44 @@ class Crew:
         return False
 
     def _try_start(self, lane: int) -> bool:
+        """Start a process for an empty lane on this thread: the lane is needed now, and a
+        snapshot shows it filled from this turn on. False if it could not be started."""
         try:
-            self._start(lane)
-        except SerializationError as exc:  # would fail for every worker: the pool cannot work
-            self._start_failed(exc, exc.__cause__, True)
+            launched = launch(self._ctx, lane, self._config.start_initargs)
+        except (SerializationError, OSError) as exc:
+            self._failed_start(exc)
             return False
-        except OSError as exc:
-            error = WorkerInitError(f"could not start a worker process: {exc}")
-            error.__cause__ = exc
-            started = self._started.is_set()
-            self._start_failed(error, exc, False)
-            if started:
-                self._retry_start_at = self._clock() + START_RETRY_SECONDS
-            return False
+        self._adopt(launched)
         return True
 
-    def _start(self, lane: int) -> None:
+    def _on_launched(self) -> None:
+        """The launcher started spares (or failed to): make workers of them."""
+        for outcome in self._launcher.collect():
+            if isinstance(outcome, Launched):
+                self._adopt(outcome)
+            elif isinstance(outcome.error, (SerializationError, OSError)):
+                self._failed_start(outcome.error)
+            else:
+                raise outcome.error
+
+    def _failed_start(self, exc: SerializationError | OSError) -> None:
+        if self._inbox.broken is not None:
+            return  # the pool has its error already
+        if isinstance(exc, SerializationError):  # would fail for every worker: the pool cannot work
+            self._start_failed(exc, exc.__cause__, True)
+            return
+        error = WorkerInitError(f"could not start a worker process: {exc}")
+        error.__cause__ = exc
+        started = self._started.is_set()
+        self._start_failed(error, exc, False)
+        if started:
+            self._retry_start_at = self._clock() + START_RETRY_SECONDS
+
+    def _adopt(self, launched: Launched) -> None:
+        """Make a worker of a started process: record it, watch it, send it its Init."""
         config = self._config
-        conn, child_conn = _channel.pipe(self._ctx)
-        alive_r, alive_w = self._ctx.Pipe(duplex=False)
-        ledger = Ledger(self._ctx)
-        process = self._ctx.Process(
-            target=_worker_module.main,
-            args=(child_conn, alive_r, ledger, config.start_initargs),
-            name=f"memwise-worker-{lane}",
-        )
-        try:
-            process.start()
-        except _START_PICKLING_FAILURES as exc:
-            conn.close()
-            alive_w.close()
-            raise SerializationError(
-                f"could not hand the initializer's arguments to a new worker: {exc!r}; pass "
-                "picklable values, and multiprocessing queues, locks or events made by the "
-                "pool's start method (multiprocessing.get_context(...).Queue())"
-            ) from exc
-        finally:
-            child_conn.close()
-            alive_r.close()
-            forget_main_hint()
-        worker = Worker(lane, process, conn, alive_w, ledger, self._clock())
+        lane, process, conn = launched.lane, launched.process, launched.conn
+        worker = Worker(lane, process, conn, launched.alive, launched.ledger, self._clock())
         self._hub.announce("worker_started", lane=lane, pid=worker.pid)
         if lane == SPARE:
             self._spares.append(worker)
@@ -247,11 +255,21 @@ class Crew:
             report_memory=config.recycle.needs_memory_reports,
             trim=config.trim,
             measure_peak=config.budget is not None and config.budget.learn,
+            imports=self._running_modules() if lane == SPARE else (),
         )
         try:
             worker.channel.send(encode(Init(config.init_payload, options)))
         except OSError:
             pass  # it died already; its sentinel will say how
+        if self._inbox.broken is not None:
+            self.kill(worker, "broken")  # a spare started before the pool broke
+
+    def _running_modules(self) -> tuple[str, ...]:
+        """Modules of the functions the workers run now (the main script is preloaded)."""
+        names = {
+            getattr(t.fn, "__module__", None) for w in self._workers.values() for t in w.outstanding
+        }
+        return tuple(sorted(n for n in names if n and n not in ("__main__", "__mp_main__")))
 
     def on_ready(self, worker: Worker) -> None:
         """``worker`` finished its initializer; the pool has started once enough have."""
@@ -347,6 +365,9 @@ class Crew:
 
     def close(self) -> None:
         """Kill every worker and wait for it; stop watching anything."""
+        self.unwatch(self._launcher)
+        for launched in self._launcher.close():  # spares started while the pool was ending
+            self._adopt(launched)
         for worker in self.everyone():
             self.kill(worker, "cleanup")
             worker.process.join(5.0)

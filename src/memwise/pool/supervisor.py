@@ -274,6 +274,7 @@ class Supervisor:
                 if self._lanes.minimum == 0:
                     self._started.set()
                 crew.staff()
+                crew.start_spares()
                 timeout = self._enforce_deadlines()
             while True:
                 with state:
@@ -287,7 +288,11 @@ class Supervisor:
                         self._enforce_deadlines()  # a deadline passed: act before dispatching
                     dispatcher.dispatch()
                     crew.retire_drained_lanes()
-                    crew.staff()
+                    if crew.staff():
+                        # A warm spare took a recycled worker's lane: it gets work now, not
+                        # when something next wakes this loop.
+                        dispatcher.dispatch()
+                    crew.start_spares()
                     timeout = self._enforce_deadlines()
                 results.resolve()
         except BaseException as exc:

@@ -8,6 +8,7 @@ The messages it exchanges with the supervisor are in :mod:`memwise.pool._protoco
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import signal
@@ -114,19 +115,22 @@ def _send(channel: _channel.Channel, message: Any) -> None:
     channel.send(encode(message))
 
 
-def _initialize(
-    conn: _channel.Channel, payload: bytes | None, start_initargs: tuple[Any, ...] | None
-) -> bool:
+def _initialize(conn: _channel.Channel, init: Init, start_initargs: tuple[Any, ...] | None) -> bool:
     if context.main_failure is not None:  # the forkserver could not import the main script
         _send(conn, InitError(context.main_failure, "importing the main script"))
         return False
     try:
-        if payload is not None:
-            initializer, initargs = _wire.loads(payload, "the initializer")
+        if init.initializer is not None:
+            initializer, initargs = _wire.loads(init.initializer, "the initializer")
             initializer(*(initargs if start_initargs is None else start_initargs))
     except BaseException as exc:
         _send(conn, InitError(_wire.dump_exception(exc), "running the initializer"))
         return False
+    for name in init.options.imports:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass  # a task of it will fail to unpickle, with the error, where it belongs
     _send(conn, Ready(os.getpid()))
     return True
 
@@ -186,7 +190,7 @@ def main(
     while not inbox:
         inbox.extend(channel.receive())
     init = decode(inbox.popleft())
-    if not isinstance(init, Init) or not _initialize(channel, init.initializer, start_initargs):
+    if not isinstance(init, Init) or not _initialize(channel, init, start_initargs):
         sys.exit(EXIT_INIT_FAILED)
     options = init.options
     slots = _oob.WorkerSlots(options.owner, options.shm_threshold)
