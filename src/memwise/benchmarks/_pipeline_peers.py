@@ -7,9 +7,12 @@ Workers: ``PROCESSES`` in all, two per heavy stage, or one pool of four shared b
 the tool allows sharing; the cheap verdict runs in this process (in its own process for the
 hand-written chain, as such chains are written). Queues are bounded by the same capacity where
 the tool has such a bound. Frames are fresh arrays: these tools pickle frames through pipes.
+Every worker process of every system starts with :func:`~memwise.demos._inspection.warm_up`
+(as an initializer where the tool has one), so that all of them work with a warm heap.
 
-Also here: :func:`parallel_bound`, no pipeline at all but the serial loop in one process per
-CPU on its own share of the frames: what this machine can do at best, right now.
+Also here: :class:`MachineBound`, no pipeline at all but the serial loop in one process per
+CPU on its own share of the frames, timed in turn with the serial loop in one process, several
+times: what this machine can do at best, and how much that is over serial.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +34,7 @@ import numpy as np
 from memwise.demos._inspection import Verdict, inspect, load_scenes, warm_up
 from memwise.demos._lines import STAGES, Clock, Line, Tagged, frames
 
-__all__ = ["PEERS", "PROCESSES", "Bound", "parallel_bound"]
+__all__ = ["PEERS", "PROCESSES", "Bound", "MachineBound", "Timed"]
 
 PROCESSES = 4  # worker processes per system: equal CPU share on a machine others also use
 _HALF = PROCESSES // 2
@@ -62,6 +66,7 @@ def _fed(put: Any, made: Iterator[Any]) -> threading.Thread:
 
 
 def _queue_worker(fn: Any, inbox: Any, outbox: Any) -> None:
+    warm_up()
     while (item := inbox.get()) is not None:
         outbox.put(fn(item))
 
@@ -170,9 +175,15 @@ class Mpire(Line):
     def run(self, indices: range, clock: Clock) -> Iterator[Tagged]:
         # mpire unpacks tuple items into arguments: wrap each item in a 1-tuple.
         made = ((frame,) for frame in frames(indices, self.scenes, clock))
-        masks = self._first.imap(STAGES[0], made, chunk_size=1, max_tasks_active=self.capacity)
+        masks = self._first.imap(
+            STAGES[0], made, chunk_size=1, max_tasks_active=self.capacity, worker_init=warm_up
+        )
         regions = self._second.imap(
-            STAGES[1], ((mask,) for mask in masks), chunk_size=1, max_tasks_active=self.capacity
+            STAGES[1],
+            ((mask,) for mask in masks),
+            chunk_size=1,
+            max_tasks_active=self.capacity,
+            worker_init=warm_up,
         )
         for result in regions:
             yield STAGES[2](result)
@@ -239,37 +250,115 @@ def _serial_share(indices: range) -> tuple[int, float, list[Verdict]]:
 
 
 @dataclass(frozen=True)
-class Bound:
-    """What the serial loop does on every CPU at once, with nothing between the processes."""
+class Timed:
+    """One timed pass of the serial loop over the frames, in one process or in several."""
 
     frames_per_s: float
-    cpu_ms: float  # CPU per frame: above serial's alone when the CPUs slow each other down
-    warm: bool  # every process had run a frame before the timed run
+    cpu_ms: float  # CPU per frame, summed over the processes
     verdicts: list[Verdict]
 
 
-def parallel_bound(count: int, cpus: int) -> Bound:
-    """``cpus`` processes, each running the serial loop on its share of ``count`` frames.
+@dataclass(frozen=True)
+class Bound:
+    """The serial loop alone and on every CPU at once, measured in turn, several times.
 
-    No hand-over, no order, no parent in the way: no pipeline on these CPUs can beat it. Each
-    process first runs a warm-up frame (repeated until every process has).
+    Noise on a shared machine only ever slows a pass down, so the best pass of each is what
+    the machine can do; the spread says how noisy this run was.
     """
-    context = multiprocessing.get_context("forkserver")
-    shares = [range(k, count, cpus) for k in range(cpus)]
-    with ProcessPoolExecutor(cpus, mp_context=context, initializer=_load_scenes) as executor:
-        warmed: set[int] = set()
-        for round_ in range(8):
-            first = count + round_ * cpus
-            warm = [
-                executor.submit(_serial_share, range(n, n + 1)) for n in range(first, first + cpus)
-            ]
-            warmed.update(future.result()[0] for future in warm)
-            if len(warmed) == cpus:
-                break
-        start = time.perf_counter()
-        futures = [executor.submit(_serial_share, share) for share in shares]
-        results = [future.result() for future in futures]
-        seconds = time.perf_counter() - start
+
+    cpus: int
+    serial: list[Timed]  # in the order run: serial, parallel, serial, parallel, ...
+    parallel: list[Timed]
+    warm: bool  # every process had run a frame before the first timed pass
+
+    @staticmethod
+    def _best(passes: list[Timed]) -> Timed:
+        return max(passes, key=lambda timed: timed.frames_per_s)
+
+    @staticmethod
+    def _spread(passes: list[Timed]) -> float:
+        """(best - worst) / best frames/s: 0 when every pass ran alike."""
+        rates = [timed.frames_per_s for timed in passes]
+        return (max(rates) - min(rates)) / max(rates)
+
+    def figures(self) -> dict[str, float]:
+        """The JSON figures: best frames/s of each, spreads, CPU per frame, their ratios."""
+        serial, parallel = self._best(self.serial), self._best(self.parallel)
+        # Median CPU per frame: CPU time barely depends on what else the machine runs.
+        serial_cpu = statistics.median(timed.cpu_ms for timed in self.serial)
+        parallel_cpu = statistics.median(timed.cpu_ms for timed in self.parallel)
+        return {
+            "cpus": float(self.cpus),
+            "repeats": float(len(self.parallel)),
+            "serial_frames_per_s": serial.frames_per_s,
+            "serial_spread": self._spread(self.serial),
+            "parallel_frames_per_s": parallel.frames_per_s,
+            "parallel_spread": self._spread(self.parallel),
+            # The most any system could gain over serial in this run.
+            "parallel_over_serial": parallel.frames_per_s / serial.frames_per_s,
+            "serial_cpu_ms": serial_cpu,
+            "parallel_cpu_ms": parallel_cpu,
+            # Above 1: the CPUs slow each other down when all are busy (shared caches,
+            # memory bandwidth, the hypervisor).
+            "cpu_slowdown": parallel_cpu / serial_cpu,
+            # Of the CPUs, the share the best parallel pass had: 1 on an idle machine.
+            "parallel_cpu_share": parallel.frames_per_s * parallel.cpu_ms / 1000 / self.cpus,
+            "parallel_warm": float(self.warm),
+        }
+
+    def verdicts_agree(self, reference: list[Verdict]) -> bool:
+        """Every pass, alone or parallel, gave exactly ``reference``'s verdicts."""
+        return all(timed.verdicts == reference for timed in (*self.serial, *self.parallel))
+
+
+def _timed(executor: ProcessPoolExecutor, shares: list[range], count: int) -> Timed:
+    start = time.perf_counter()
+    futures = [executor.submit(_serial_share, share) for share in shares]
+    results = [future.result() for future in futures]
+    seconds = time.perf_counter() - start
     verdicts = sorted((v for _, _, share in results for v in share), key=lambda v: v.index)
     cpu = sum(used for _, used, _ in results)
-    return Bound(count / seconds, cpu * 1000 / count, len(warmed) == cpus, verdicts)
+    return Timed(count / seconds, cpu * 1000 / count, verdicts)
+
+
+class MachineBound:
+    """The serial loop on ``count`` frames in one process, then in ``cpus`` processes (each on
+    its share): one such pair per :meth:`measure`, :meth:`result` once done.
+
+    No hand-over, no order, no parent in the way: no pipeline on these CPUs can beat the
+    parallel passes. Pairs can be taken between the systems' runs, so that the load from the
+    rest of the machine weighs on the bound as on the systems. Each pair runs in processes of
+    its own, started and warmed for it (each runs warm-up frames until every one has) and
+    ended after it: idle, they would count in the systems' memory. A frame costs the same
+    CPU in both kinds of pass: the loop is the same code.
+    """
+
+    def __init__(self, count: int, cpus: int) -> None:
+        self.count = count
+        self.cpus = cpus
+        self._serial: list[Timed] = []
+        self._parallel: list[Timed] = []
+        self._warm = True
+
+    def measure(self) -> None:
+        """One pass alone, then one on every CPU."""
+        cpus, count = self.cpus, self.count
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(cpus, mp_context=context, initializer=_load_scenes) as executor:
+            warmed: set[int] = set()
+            for round_ in range(8):
+                first = count + round_ * cpus
+                warm = [
+                    executor.submit(_serial_share, range(n, n + 1))
+                    for n in range(first, first + cpus)
+                ]
+                warmed.update(future.result()[0] for future in warm)
+                if len(warmed) == cpus:
+                    break
+            self._warm = self._warm and len(warmed) == cpus
+            shares = [range(k, count, cpus) for k in range(cpus)]
+            self._serial.append(_timed(executor, [range(count)], count))
+            self._parallel.append(_timed(executor, shares, count))
+
+    def result(self) -> Bound:
+        return Bound(self.cpus, list(self._serial), list(self._parallel), self._warm)

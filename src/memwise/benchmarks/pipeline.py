@@ -19,11 +19,21 @@ frame's creation to its verdict, peak memory (private memory of this process and
 plus this process's shared-memory slots, sampled every 50 ms), growth of that over the warm,
 idle system, CPU time per frame (this process; its workers) and what that allows on this
 machine's CPUs if the system had them to itself (serial: one CPU), drops and order
-violations (results delivered after a later frame's).
+violations (results delivered after a later frame's). Every system is measured in turn, in
+``rounds`` rounds: each keeps its fastest run (all its figures are that run's) and reports
+the spread of its frames/s over the rounds.
 
-Sanity: no system can go faster than serial on every CPU; any that seems to is flagged, and
-so is any not fully warm when timed. The bound itself is measured too: the serial loop in one
-process per CPU, each on its share of the frames (no pipeline, no parent in the way).
+The machine's bound is measured too: the serial loop in one process per CPU, each on its
+share of the frames (no pipeline, no parent in the way), timed in turn with the same loop in
+one process, a pair before the first round and after each (``rounds + 1`` pairs, each in
+warm processes of its own); the best of each and their spread are reported, with the CPU per
+frame of each (when the CPUs slow each other down, the bound is below the CPU count).
+Each system's frames/s is also given as a fraction of the bound. Sanity: a system faster than
+serial on every CPU, or than the bound, is flagged, and so is any not fully warm when timed.
+
+Every process that runs frames (this one included) starts with
+:func:`~memwise.demos._inspection.warm_up`, whose warm heap spares each frame ~2,000 page
+faults: all systems and the bound run in the same conditions.
 
 The memory bound is stated from the capacities: at most ``capacity`` frames are in the line,
 and each needs at most its frame plus the temporaries of one pass through the stages (measured
@@ -52,7 +62,7 @@ from memwise.benchmarks._harness import (
     print_targets,
     ratios_against,
 )
-from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES, parallel_bound
+from memwise.benchmarks._pipeline_peers import PEERS, PROCESSES, MachineBound
 from memwise.demos._inspection import FRAME_SHAPE, Frame, fill_frame, inspect, warm_up
 from memwise.demos._lines import Line, LineRun, MemwiseLine, SerialLine, measure
 from memwise.pool.api import WorkerPool
@@ -76,18 +86,24 @@ METRICS = (
     Metric("parent_cpu_ms", "parent CPU ms/frame", ",.1f", higher_is_better=False),
     Metric("workers_cpu_ms", "workers CPU ms/frame", ",.1f", higher_is_better=False),
     Metric("cpu_limit_fps", "CPU-bound frames/s", ",.1f"),
+    Metric("of_bound", "of machine bound", ".0%"),
+    Metric("spread", "spread", ".0%", higher_is_better=False),
     Metric("drops", "drops", ",.0f", higher_is_better=False),
     Metric("order_violations", "order violations", ",.0f", higher_is_better=False),
 )
 
 
+MIN_OF_BOUND = 0.9  # a target of this benchmark's own, beyond the issue's: see _targets
+
+
 @dataclass(frozen=True)
 class Sizes:
     frames: int
+    rounds: int  # every system in turn, this many times; each keeps its fastest run
 
 
-FULL = Sizes(frames=160)
-QUICK = Sizes(frames=40)
+FULL = Sizes(frames=160, rounds=3)
+QUICK = Sizes(frames=60, rounds=2)
 
 
 class PipelineResult(TargetedResult):
@@ -151,8 +167,10 @@ def _systems(count: int, scenes: list[Any], checked: dict[str, LineRun]) -> dict
 def _targets(
     results: dict[str, Figures], checked: dict[str, LineRun], bound_mib: float
 ) -> dict[str, Target]:
-    """Every target the issue names; without memwise's (or serial's, or any drop-free peer's)
-    figures, the targets that need them have no value and are not met."""
+    """Every target the issue names, and one more (marked so): memwise processes within 10 %
+    of the machine's bound, which says how much the pipeline itself costs whatever the
+    machine allows. Without memwise's (or serial's, or any drop-free peer's) figures, the
+    targets that need them have no value and are not met."""
     mine = results.get(SUBJECT)
     serial = results.get("serial")
     line = checked.get(SUBJECT)
@@ -187,12 +205,16 @@ def _targets(
         "drops": exactly(figure("drops"), 0),
         "order violations": exactly(figure("order_violations"), 0),
         "verdicts equal serial's (1 = equal)": exactly(same, 1),
+        "memwise processes ÷ machine bound, frames/s (this benchmark's, not the issue's)": (
+            at_least(None if mine is None else round(mine["of_bound"], 3), MIN_OF_BOUND, "x")
+        ),
     }
 
 
-def _sanity(results: dict[str, Figures], cpus: int, bound_fps: float | None) -> dict[str, Any]:
-    """Systems faster than serial on every CPU (impossible: noise, or a timing fault), and
-    systems timed before every one of their processes had run an item."""
+def _sanity(results: dict[str, Figures], cpus: int, bound_fps: float) -> dict[str, Any]:
+    """Systems faster than serial on every CPU (impossible: noise, or a timing fault), faster
+    than the measured bound (a noisy bound), and timed before every one of their processes
+    had run an item."""
     serial = results.get("serial")
     limit = serial["frames_per_s"] * cpus if serial else None
     return {
@@ -202,53 +224,91 @@ def _sanity(results: dict[str, Figures], cpus: int, bound_fps: float | None) -> 
             for name, figures in results.items()
             if limit is not None and figures["frames_per_s"] > limit
         ),
+        "faster_than_bound": sorted(
+            name for name, figures in results.items() if figures["frames_per_s"] > bound_fps
+        ),
         "not_warm": sorted(name for name, figures in results.items() if not figures["warm"]),
         "parallel_bound_frames_per_s": bound_fps,
     }
 
 
+def _rounds(
+    sizes: Sizes, scenes: list[Any], machine: MachineBound
+) -> tuple[dict[str, Figures], dict[str, LineRun], dict[str, str]]:
+    """Every system in turn, ``sizes.rounds`` times, with a pair of passes of the machine's
+    bound before the first round and after each; each system's fastest run (its figures
+    and line), with ``spread``: (fastest - slowest) / fastest frames/s over its runs. Noise
+    on a shared machine only slows a run down, and whatever weighs on one round weighs on
+    every system of it alike."""
+    runs: dict[str, list[tuple[Figures, LineRun]]] = {}
+    skipped: dict[str, str] = {}
+    machine.measure()
+    for _ in range(sizes.rounds):
+        checked: dict[str, LineRun] = {}
+        results, failed = measure_systems(_systems(sizes.frames, scenes, checked))
+        machine.measure()
+        skipped.update(failed)
+        for name, figures in results.items():
+            runs.setdefault(name, []).append((figures, checked[name]))
+    best: dict[str, Figures] = {}
+    lines: dict[str, LineRun] = {}
+    for name, measured in runs.items():
+        rates = [figures["frames_per_s"] for figures, _ in measured]
+        figures, lines[name] = max(measured, key=lambda run: run[0]["frames_per_s"])
+        best[name] = {**figures, "spread": (max(rates) - min(rates)) / max(rates)}
+        skipped.pop(name, None)  # it ran in another round
+    return best, lines, skipped
+
+
 def run(quick: bool = False) -> PipelineResult:
-    """Every system on the same frames, one after the other in this process."""
+    """Every system on the same frames, one after the other in this process; then the bound."""
     from memwise.demos._inspection import load_scenes
 
     sizes = QUICK if quick else FULL
     scenes = load_scenes()
+    warm_up()  # serial and memwise threads run here: the same warm heap as every worker
     item_mib = _item_bytes(scenes) / MiB
     cpus = len(os.sched_getaffinity(0))
-    checked: dict[str, LineRun] = {}
-    results, skipped = measure_systems(_systems(sizes.frames, scenes, checked))
+    machine = MachineBound(sizes.frames, cpus)
+    results, checked, skipped = _rounds(sizes, scenes, machine)
+    bound = machine.result().figures()
     for name, figures in results.items():
         cpu_ms = figures["parent_cpu_ms"] + figures["workers_cpu_ms"]
         figures["cpu_limit_fps"] = (1 if name == "serial" else cpus) * 1000 / max(cpu_ms, 1e-9)
-    machine = parallel_bound(sizes.frames, cpus)
+        figures["of_bound"] = figures["frames_per_s"] / bound["parallel_frames_per_s"]
     serial = checked.get("serial")
     bound_mib = CAPACITY * item_mib
-    mine = results.get(SUBJECT)
+    targets = _targets(results, checked, bound_mib)
+    peers = [
+        figures["frames_per_s"]
+        for name, figures in results.items()
+        if name in PEERS and figures["drops"] == 0
+    ]
     return {
         "benchmark": "pipeline",
         "results": results,
         "skipped": skipped,
         "ratios": ratios_against(results, SUBJECT, METRICS[:4]),
-        "targets": _targets(results, checked, bound_mib),
+        "targets": targets,
         "bound": {
             "capacity": CAPACITY,
             "item_mib": round(item_mib, 2),
             "bound_mib": round(bound_mib, 1),
-            "cpus": float(cpus),
-            "parallel_frames_per_s": machine.frames_per_s,
-            "parallel_cpu_ms": machine.cpu_ms,
-            "parallel_warm": float(machine.warm),
+            "system_rounds": float(sizes.rounds),
+            **bound,
             "parallel_verdicts_equal_serial": float(
-                serial is not None and machine.verdicts == serial.verdicts
+                serial is not None and machine.result().verdicts_agree(serial.verdicts)
             ),
-            "memwise_over_parallel": mine["frames_per_s"] / machine.frames_per_s if mine else 0.0,
-            # What the machine let this run gain over serial at best: on a shared machine it
-            # may be far below the CPU count, and no speedup target above it can be met.
-            "parallel_over_serial": (
-                machine.frames_per_s / serial.frames_per_s if serial is not None else 0.0
+            # Whether the issue's targets fit under this run's bound at all: the speedup over
+            # serial the bound allows, and the share of the bound 1.2x the best peer needs.
+            "serial_target_within_bound": float(
+                bound["parallel_over_serial"] >= MIN_SPEEDUP_SERIAL
+            ),
+            "peer_target_of_bound": (
+                MIN_SPEEDUP_PEER * max(peers) / bound["parallel_frames_per_s"] if peers else 0.0
             ),
         },
-        "sanity": _sanity(results, cpus, machine.frames_per_s),
+        "sanity": _sanity(results, cpus, bound["parallel_frames_per_s"]),
     }
 
 
@@ -262,10 +322,14 @@ def print_table(result: PipelineResult, console: Console | None = None) -> None:
         f"(frame + one pass's temporaries) = {bound['bound_mib']} MiB"
     )
     console.print(
-        f"machine bound: the serial loop in {bound['cpus']:.0f} processes, no pipeline: "
+        f"machine bound, best of {bound['repeats']:.0f} passes in turn (spread "
+        f"{bound['serial_spread']:.0%} alone, {bound['parallel_spread']:.0%} parallel): the "
+        f"serial loop in 1 process {bound['serial_frames_per_s']:.1f} frames/s at "
+        f"{bound['serial_cpu_ms']:.1f} CPU ms/frame, in {bound['cpus']:.0f} processes "
         f"{bound['parallel_frames_per_s']:.1f} frames/s at {bound['parallel_cpu_ms']:.1f} "
-        f"CPU ms/frame ({bound['parallel_over_serial']:.2f}x serial: the most any system could "
-        f"gain in this run); memwise processes reach {bound['memwise_over_parallel']:.0%} of it"
+        f"({bound['cpu_slowdown']:.2f}x the CPU, {bound['parallel_cpu_share']:.0%} of the CPUs): "
+        f"{bound['parallel_over_serial']:.2f}x serial, the most any system could gain in this "
+        f"run. 1.2x the best peer needs {bound['peer_target_of_bound']:.0%} of it."
     )
     if sanity["faster_than_limit"]:
         console.print(
@@ -273,6 +337,11 @@ def print_table(result: PipelineResult, console: Console | None = None) -> None:
             f"({sanity['limit_frames_per_s']:.1f} frames/s): "
             + ", ".join(sanity["faster_than_limit"])
             + " (a noisy serial run, or a timing fault)"
+        )
+    if sanity["faster_than_bound"]:
+        console.print(
+            "[yellow]above the machine bound[/] (the bound's passes were slowed down): "
+            + ", ".join(sanity["faster_than_bound"])
         )
     if sanity["not_warm"]:
         console.print(
