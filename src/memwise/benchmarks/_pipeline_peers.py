@@ -282,7 +282,7 @@ class Bound:
         return (max(rates) - min(rates)) / max(rates)
 
     def figures(self) -> dict[str, float]:
-        """The JSON figures: best frames/s of each, spreads, CPU per frame, their ratios."""
+        """The JSON figures: best frames/s of each, spreads, CPU per frame and its ratio."""
         serial, parallel = self._best(self.serial), self._best(self.parallel)
         # Median CPU per frame: CPU time barely depends on what else the machine runs.
         serial_cpu = statistics.median(timed.cpu_ms for timed in self.serial)
@@ -294,8 +294,6 @@ class Bound:
             "serial_spread": self._spread(self.serial),
             "parallel_frames_per_s": parallel.frames_per_s,
             "parallel_spread": self._spread(self.parallel),
-            # The most any system could gain over serial in this run.
-            "parallel_over_serial": parallel.frames_per_s / serial.frames_per_s,
             "serial_cpu_ms": serial_cpu,
             "parallel_cpu_ms": parallel_cpu,
             # Above 1: the CPUs slow each other down when all are busy (shared caches,
