@@ -157,7 +157,7 @@ class Crew:
         spare = sum(
             1
             for w in workers.values()
-            if w.state is State.STARTING or (w.state is State.READY and not w.outstanding)
+            if w.state is State.STARTING or (w.state is State.READY and not w.busy)
         )
         need = self._queue.general_count() - spare
         for lane in range(lanes):
@@ -188,7 +188,7 @@ class Crew:
             len(self._spares) + self.pending_spares() < self._config.recycle.warm_spares
             and self._started.is_set()
             and not self._inbox.closing
-            and (bool(self._queue) or any(w.outstanding for w in self._workers.values()))
+            and (bool(self._queue) or any(w.busy for w in self._workers.values()))
         )
 
     def _promote_spare(self, lane: int) -> bool:
@@ -238,7 +238,9 @@ class Crew:
         """Make a worker of a started process: record it, watch it, send it its Init."""
         config = self._config
         lane, process, conn = launched.lane, launched.process, launched.conn
-        worker = Worker(lane, process, conn, launched.alive, launched.ledger, self._clock())
+        worker = Worker(
+            lane, process, conn, launched.alive, launched.ledger, self._clock(), launched.reply
+        )
         self._hub.announce("worker_started", lane=lane, pid=worker.pid)
         if lane == SPARE:
             self._spares.append(worker)
@@ -302,7 +304,7 @@ class Crew:
         if self._workers.get(worker.lane) is worker:
             del self._workers[worker.lane]
         self._retiring.append(worker)
-        if not worker.outstanding:
+        if not worker.busy:
             self.stop(worker)
 
     def retire_drained_lanes(self) -> None:
@@ -312,14 +314,14 @@ class Crew:
             return
         waiting = self._queue.waiting_lanes()
         for lane, worker in list(self._workers.items()):
-            if lane < lanes or worker.outstanding or lane in waiting:
+            if lane < lanes or worker.busy or lane in waiting:
                 continue
             if not self._lanes.pinned(lane):
                 self.retire(worker, "resize")
 
     def stop(self, worker: Worker) -> None:
         """Ask an idle worker to exit (it is killed if it takes longer than the grace period)."""
-        if worker.state is State.STOPPING or worker.outstanding:
+        if worker.state is State.STOPPING or worker.busy:
             return
         worker.state = State.STOPPING
         worker.since = self._clock()
@@ -331,7 +333,7 @@ class Crew:
     def stop_idle(self) -> bool:
         """Stop every worker if none holds a task; whether none is left."""
         everyone = self.everyone()
-        if any(w.outstanding for w in everyone):
+        if any(w.busy for w in everyone):
             return False
         for worker in everyone:
             self.stop(worker)
@@ -353,6 +355,9 @@ class Crew:
                 pass
         worker.conn.close()
         worker.alive.close()
+        if worker.reply is not None:
+            self.unwatch(worker.reply)
+            worker.reply.close()
         worker.process.close()
         if self._config.budget is not None:
             self._config.budget.untrack(worker.pid)

@@ -140,8 +140,12 @@ class Dispatcher:
         self._inbox.reclaim()
         if self._inbox.broken is not None:
             return
+        # A worker with a call (held, or given back and not accounted for yet) gets nothing:
+        # its reply comes down the other pipe, and must stay the first of its replies.
         ready = [
-            w for w in self._crew.in_lanes() if w.state is State.READY and w.kill_reason is None
+            w
+            for w in self._crew.in_lanes()
+            if w.state is State.READY and w.kill_reason is None and w.calling is None
         ]
         self._budget_blocked = False
         queue = self._queue
@@ -177,11 +181,7 @@ class Dispatcher:
         if not queue and not self._inbox.closing and self._config.budget is None:
             lanes = self._lanes.count
             self._inbox.lend(
-                {
-                    w.lane: w
-                    for w in ready
-                    if not w.outstanding and not w.retiring and w.lane < lanes
-                }
+                [w for w in ready if not w.outstanding and not w.retiring and w.lane < lanes]
             )
 
     def _pipeline_depth(self) -> int:

@@ -73,8 +73,9 @@ from memwise.pool.deadlines import Deadlines, earliest
 from memwise.pool.deaths import Deaths
 from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import Worker
-from memwise.pool.inbox import Inbox
+from memwise.pool.inbox import Answer, Inbox
 from memwise.pool.lanes import Lanes
+from memwise.pool.outcome import outcome, settle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
 from memwise.pool.results import Results
@@ -121,6 +122,7 @@ class Supervisor:
             hub=hub,
             on_key_change=config.recycle.on_key_change,
             watch_every_task=config.recycle.hard_memory is not None,
+            relend=not config.recycle.retires_after_task,
         )
         self._crew = crew = Crew(
             config,
@@ -177,22 +179,47 @@ class Supervisor:
             raise self._startup_error
 
     def submit(self, task: Task) -> None:
+        with self._inbox.lock:
+            self._admit_locked(task)
+            self._inbox.hand_over_locked(task)
+
+    def call(self, task: Task) -> None:
+        """Run ``task`` by the call path if a worker is lent, else as ``submit`` does; either
+        way its future is complete or will be (see :mod:`memwise.pool.inbox`)."""
         inbox = self._inbox
         with inbox.lock:
-            if inbox.broken is not None:
-                raise BrokenPool(
-                    f"the pool is broken and accepts no tasks: {inbox.broken}"
-                ) from inbox.broken
-            if inbox.closing:
-                raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
-            self._tally.submitted += 1
-            if task.key is not None:
-                task.lane = self._lanes.route(task.key)
-                key = task.key
-                task.future.add_done_callback(lambda _: self._unpin(key))
-            if self._hub.subscriptions:  # before any other thread can see the task
-                self._hub.announce_task("task_submitted", task, key=key_repr(task.key))
-            inbox.hand_over_locked(task)
+            self._admit_locked(task)
+            worker = inbox.hold_locked(task)
+            if worker is None:
+                inbox.hand_over_locked(task)
+                return
+        try:
+            done = inbox.await_reply(worker)
+        except BaseException:
+            inbox.abandon(worker, task)
+            raise
+        error = None
+        if done is not None:
+            ok, result = outcome(done, task)
+            settle(task.future, ok, result)
+            error = None if ok else result
+        inbox.give_back(worker, task, done, error)
+
+    def _admit_locked(self, task: Task) -> None:
+        inbox = self._inbox
+        if inbox.broken is not None:
+            raise BrokenPool(
+                f"the pool is broken and accepts no tasks: {inbox.broken}"
+            ) from inbox.broken
+        if inbox.closing:
+            raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
+        self._tally.submitted += 1
+        if task.key is not None:
+            task.lane = self._lanes.route(task.key)
+            key = task.key
+            task.future.add_done_callback(lambda _: self._unpin(key))
+        if self._hub.subscriptions:  # before any other thread can see the task
+            self._hub.announce_task("task_submitted", task, key=key_repr(task.key))
 
     def _unpin(self, key: Hashable) -> None:
         if self._lanes.release(key) is not None:
@@ -233,6 +260,9 @@ class Supervisor:
     def snapshot(self) -> PoolSnapshot:
         """A consistent picture of the pool (any thread); see :mod:`memwise.pool.stats`."""
         inbox = self._inbox
+        with self._state_lock:
+            for answer in inbox.take_answers():  # calls given back while the supervisor slept
+                self._on_answer(answer)
         with self._state_lock, inbox.lock:
             draft = stats.draft(
                 now=self._clock(),
@@ -319,6 +349,8 @@ class Supervisor:
 
     def _on_wake(self) -> None:
         delivery = self._inbox.collect()
+        for answer in delivery.answers:
+            self._on_answer(answer)
         self._dispatcher.enqueue(delivery.tasks)
         if delivery.cancel_queued:
             self._dispatcher.cancel_queued("shutdown")
@@ -329,7 +361,21 @@ class Supervisor:
     def _on_readable(self, worker: Worker) -> None:
         self._results.on_readable(worker)
 
+    def _on_answer(self, answer: Answer) -> None:
+        """A calling thread gave a worker back (see :meth:`call`)."""
+        worker = answer.worker
+        if answer.done is not None:
+            self._results.book(worker, answer.task, answer.done, answer.error)
+        elif answer.abandoned and worker.calling is answer.task and not worker.exit_deferred:
+            self._crew.watch(worker.reply, lambda: self._results.on_reply(worker))
+        if worker.exit_deferred:
+            worker.exit_deferred = False
+            self._on_exit(worker)
+
     def _on_exit(self, worker: Worker) -> None:
+        if self._inbox.defer_exit(worker):
+            self._crew.unwatch(worker.process.sentinel)  # until the calling thread is done
+            return
         self._inbox.reclaim()  # take loans back before re-queueing or closing anything
         self._results.drain(worker)
         self._deaths.on_exit(worker)
@@ -369,6 +415,8 @@ class Supervisor:
         for worker in self._crew.everyone():
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
+            if worker.calling is not None:
+                pending.append(worker.calling)  # its calling thread sees the kill
             self._crew.kill(worker, "broken")
         self._hub.announce("pool_broken", reason=str(error))
         for task in pending:
