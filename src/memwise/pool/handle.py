@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import select
 import signal
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -57,6 +58,12 @@ class Worker:
         # that thread under ``Inbox.lock``; while it is set the task is in no other list.
         self.reply = reply
         self.replies = None if reply is None else _channel.channel(reply)
+        # What its holder waits on: the reply, or the process's end. Made once, not per call.
+        self.reply_poll: Any = None
+        if reply is not None:
+            self.reply_poll = select.poll()
+            self.reply_poll.register(reply.fileno(), select.POLLIN)
+            self.reply_poll.register(process.sentinel, select.POLLIN)
         self.calling: Task | None = None
         self.held = False  # a calling thread holds it (see the rules at Inbox._lent)
         self.exit_deferred = False  # it exited while held

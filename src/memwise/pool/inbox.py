@@ -20,7 +20,6 @@ lent or held worker is in this module.
 from __future__ import annotations
 
 import os
-import select
 import threading
 from collections import deque
 from collections.abc import Callable, Collection
@@ -188,11 +187,8 @@ class Inbox:
     def await_reply(self, worker: Worker) -> Done | None:
         """Wait (without the lock) for the reply of the task sent to held ``worker``; None if
         the worker exited without one."""
-        replies, sentinel = worker.replies, worker.process.sentinel
+        replies, poller = worker.replies, worker.reply_poll
         assert replies is not None
-        poller = select.poll()
-        poller.register(replies.fd, select.POLLIN)
-        poller.register(sentinel, select.POLLIN)
         while True:
             for fd, _event in poller.poll():
                 if fd != replies.fd:  # it exited: whatever it wrote first still counts
