@@ -19,7 +19,12 @@ Data flow of one task (messages in :mod:`memwise.pool._protocol`)::
           |                        (worker.outstanding)                          ledger.begin
           |                                               |                           |
           +-- direct path: a worker the Inbox lent        |                           |
-              (only while nothing is queued) ----Run------+-------------------------->|
+          |   (only while nothing is queued) ----Run------+-------------------------->|
+          |                                                                           |
+          +-- call path (WorkerPool.call): the caller holds a lent worker ---Run----->|
+              and reads its Done from the reply pipe <------------Done (reply pipe)---|
+              itself, settles the future, gives the worker back (Answer) ...          |
+                                 _on_wake / snapshot: Results.book (accounting only)  |
                                                                                       |
                                  Results.on_readable <-----------Done-----------------+
                                    outstanding.popleft, tally, Dispatcher.learn,
@@ -95,7 +100,7 @@ class Supervisor:
     """Owns the workers of one pool; see the module docstring.
 
     Its surface (what :class:`~memwise.pool.api.WorkerPool` uses): ``start``, ``submit``,
-    ``resize``, ``lane_count``, ``close``, ``terminate``, ``join``, ``snapshot``,
+    ``call``, ``resize``, ``lane_count``, ``close``, ``terminate``, ``join``, ``snapshot``,
     ``subscribe``, ``unsubscribe`` and ``close_events``. Everything else is private.
     """
 
