@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from memwise.pool._protocol import Done, decode
 from memwise.pool.handle import State, Worker
+from memwise.pool.outcome import outcome, settle
 from memwise.pool.stats import key_repr
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
@@ -183,6 +184,22 @@ class Inbox:
         worker.calling = task
         self._send_locked(worker, task, reply=True)
         return worker
+
+    def complete_call(self, worker: Worker, task: Task) -> None:
+        """On the calling thread, after :meth:`hold_locked`: wait for the reply, settle the
+        future with it and give the worker back. If the worker exited first, the supervisor
+        settles the future; if this thread is interrupted, it reads the reply too."""
+        try:
+            done = self.await_reply(worker)
+        except BaseException:
+            self.abandon(worker, task)
+            raise
+        error = None
+        if done is not None:
+            ok, result = outcome(done, task)
+            settle(task.future, ok, result)
+            error = None if ok else result
+        self.give_back(worker, task, done, error)
 
     def await_reply(self, worker: Worker) -> Done | None:
         """Wait (without the lock) for the reply of the task sent to held ``worker``; None if

@@ -80,7 +80,6 @@ from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import Worker
 from memwise.pool.inbox import Answer, Inbox
 from memwise.pool.lanes import Lanes
-from memwise.pool.outcome import outcome, settle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
 from memwise.pool.results import Results
@@ -198,17 +197,7 @@ class Supervisor:
             if worker is None:
                 inbox.hand_over_locked(task)
                 return
-        try:
-            done = inbox.await_reply(worker)
-        except BaseException:
-            inbox.abandon(worker, task)
-            raise
-        error = None
-        if done is not None:
-            ok, result = outcome(done, task)
-            settle(task.future, ok, result)
-            error = None if ok else result
-        inbox.give_back(worker, task, done, error)
+        inbox.complete_call(worker, task)
 
     def _admit_locked(self, task: Task) -> None:
         inbox = self._inbox
