@@ -60,7 +60,7 @@ class Worker:
         self.replies = None if reply is None else _channel.channel(reply)
         # What its holder waits on: the reply, or the process's end. Made once, not per call.
         self.reply_poll: Any = None
-        if reply is not None:
+        if reply is not None and hasattr(select, "poll"):  # else no call path (Windows)
             self.reply_poll = select.poll()
             self.reply_poll.register(reply.fileno(), select.POLLIN)
             self.reply_poll.register(process.sentinel, select.POLLIN)

@@ -180,6 +180,9 @@ class Inbox:
         worker = self._take_lent_locked(task)
         if worker is None:
             return None
+        if worker.reply_poll is None:  # a platform without poll(): queue it instead
+            self._lent[worker.lane] = worker
+            return None
         worker.held = True
         worker.calling = task
         self._send_locked(worker, task, reply=True)
@@ -199,6 +202,7 @@ class Inbox:
             ok, result = outcome(done, task)
             settle(task.future, ok, result)
             error = None if ok else result
+            done = done._replace(payload=b"")  # the supervisor only accounts for it
         self.give_back(worker, task, done, error)
 
     def await_reply(self, worker: Worker) -> Done | None:
@@ -240,6 +244,7 @@ class Inbox:
             worker.held = False
             if done is not None:
                 worker.calling = None
+                worker.idle_since = self._clock()  # for Recycle(idle=), before accounting
                 if (
                     self._lendable
                     and self._relend
