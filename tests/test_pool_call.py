@@ -15,8 +15,8 @@ import pytest
 
 import _tasks
 from _tasks import WAIT
-from memwise import WorkerPool
-from memwise.errors import BrokenPool, TaskTimeout, WorkerCrashed
+from memwise import Recycle, WorkerPool
+from memwise.errors import BrokenPool, SerializationError, TaskTimeout, WorkerCrashed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -165,3 +165,35 @@ def test_call_on_a_closed_pool_is_refused():
     pool.shutdown()
     with pytest.raises(RuntimeError, match="shutdown"):
         pool.call(_tasks.square, 2)
+
+
+def test_calls_from_threads_in_a_pool_that_retires_workers_after_tasks():
+    """A worker due to retire after a call must not be lent to the next call before the pool
+    has accounted for the first (it would never run the second)."""
+    results: dict[int, list[int]] = {}
+
+    def caller(n: int) -> None:
+        results[n] = [pool.call(_tasks.add, n, i) for i in range(40)]
+
+    with WorkerPool(3, recycle=Recycle(tasks=4, spares=1)) as pool:
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert results == {n: [n + i for i in range(40)] for n in range(3)}
+        assert pool.snapshot().recycles["tasks"] >= 3 * 40 // 4 - 3
+
+
+@pytest.mark.parametrize("how", ["call", "submit"])
+def test_an_error_the_parent_cannot_unpickle_fails_that_task_alone(tmp_path, how):
+    (tmp_path / "worker_only.py").write_text("class Failure(Exception):\n    pass\n")
+    with WorkerPool(1) as pool:
+        pool.call(_tasks.getpid)
+        with pytest.raises(SerializationError, match="could not unpickle the error"):
+            if how == "call":
+                pool.call(_tasks.raise_from, str(tmp_path), "worker_only")
+            else:
+                pool.submit(_tasks.raise_from, str(tmp_path), "worker_only").result(WAIT)
+        assert pool.call(_tasks.square, 4) == 16
+        assert pool.submit(_tasks.square, 5).result(WAIT) == 25

@@ -317,6 +317,7 @@ class Crew:
             if lane < lanes or worker.busy or lane in waiting:
                 continue
             if not self._lanes.pinned(lane):
+                self._inbox.reclaim()  # a caller may have lent it again (see the inbox)
                 self.retire(worker, "resize")
 
     def stop(self, worker: Worker) -> None:

@@ -98,6 +98,7 @@ class Inbox:
         # because of a task (``relend``).
         self._lent: dict[int, Worker] = {}
         self._lendable = False
+        self._lane_count = 0  # lanes open when the workers were lent (a resize reclaims)
         self._relend = relend
         self._answers: list[Answer] = []
         self._poked = False  # a byte is in the wake-up pipe
@@ -195,15 +196,23 @@ class Inbox:
         try:
             done = self.await_reply(worker)
         except BaseException:
+            # (An interruption after the reply was read off the pipe and before it is
+            # returned here loses the reply: the window is a few bytecodes.)
             self.abandon(worker, task)
             raise
-        error = None
-        if done is not None:
+        if done is None:
+            self.give_back(worker, task, None, None)
+            return
+        ok, result = False, None
+        try:
             ok, result = outcome(done, task)
+        except BaseException as exc:  # interrupted while unpickling: the call fails with it
+            result = exc
+            raise
+        finally:
             settle(task.future, ok, result)
-            error = None if ok else result
-            done = done._replace(payload=b"")  # the supervisor only accounts for it
-        self.give_back(worker, task, done, error)
+            # The supervisor only accounts for it: the payload need not wait with it.
+            self.give_back(worker, task, done._replace(payload=b""), None if ok else result)
 
     def await_reply(self, worker: Worker) -> Done | None:
         """Wait (without the lock) for the reply of the task sent to held ``worker``; None if
@@ -241,40 +250,63 @@ class Inbox:
     def _give_back(self, answer: Answer) -> None:
         worker, done = answer.worker, answer.done
         with self.lock:
+            if not worker.held:
+                return  # given back already (an interruption on the way out)
             worker.held = False
+            # Anything the supervisor must act on wakes it at once. A call that succeeded is
+            # accounted for whenever it next wakes, or a snapshot is taken: waking it costs a
+            # lone caller more than the rest of its call (that thread takes the GIL just as
+            # the next reply arrives).
+            doomed = worker.exit_deferred or worker.kill_reason is not None or worker.retiring
+            urgent = (
+                done is None
+                or doomed
+                or answer.error is not None
+                or bool(done.returns)
+                or not self._relend
+                or self.closing
+                or bool(self._hub.subscriptions)
+                or len(self._answers) >= MAX_QUIET_ANSWERS
+            )
             if done is not None:
-                worker.calling = None
                 worker.idle_since = self._clock()  # for Recycle(idle=), before accounting
+                if self._relend:
+                    # Else the call stays on the worker until it is accounted for: it may be
+                    # the task after which the worker retires, and it starts nothing more.
+                    worker.calling = None
                 if (
-                    self._lendable
-                    and self._relend
+                    self._relend
+                    and self._lendable
                     and not self._incoming
+                    and not doomed
                     and worker.state is State.READY
-                    and worker.kill_reason is None
-                    and not worker.retiring
+                    and worker.lane < self._lane_count
                 ):
                     self._lent[worker.lane] = worker
             self._answers.append(answer)
-            # Waking the supervisor costs a lone caller more than the rest of its call (its
-            # thread takes the GIL just as the next reply arrives), so a call that succeeded
-            # is accounted for whenever the supervisor next wakes, or a snapshot is taken;
-            # anything it must act on wakes it at once.
-            if (
-                done is None
-                or answer.error is not None
-                or done.returns
-                or not self._relend
-                or self.closing
-                or self._hub.subscriptions
-                or len(self._answers) >= MAX_QUIET_ANSWERS
-            ):
+            if urgent:
                 self.poke_locked()
 
-    def take_answers(self) -> list[Answer]:
-        """The calls given back and not accounted for yet (for a snapshot)."""
+    def take_answers(self, worker: Worker | None = None) -> list[Answer]:
+        """The calls given back and not accounted for yet: all of them, or ``worker``'s."""
         with self.lock:
-            answers, self._answers = self._answers, []
-        return answers
+            return self._take_answers_locked(lambda a: worker is None or a.worker is worker)
+
+    def take_quiet_answers(self) -> list[Answer]:
+        """The calls given back that succeeded and ask nothing of the supervisor but to be
+        counted (what a snapshot may account for on its own thread)."""
+        with self.lock:
+            if not self._relend:
+                return []  # accounting for a call may retire its worker: supervisor's job
+            return self._take_answers_locked(
+                lambda a: a.done is not None and a.error is None and not a.worker.exit_deferred
+            )
+
+    def _take_answers_locked(self, wanted: Callable[[Answer], bool]) -> list[Answer]:
+        taken = [a for a in self._answers if wanted(a)]
+        if taken:
+            self._answers = [a for a in self._answers if not wanted(a)]
+        return taken
 
     def defer_exit(self, worker: Worker) -> bool:
         """Whether ``worker`` is held: then its exit is handled once it is given back."""
@@ -334,12 +366,14 @@ class Inbox:
             terminate, self._terminate = self._terminate, None
         return Delivery(tasks, answers, cancel, terminate)
 
-    def lend(self, workers: list[Worker]) -> None:
-        """Lend these idle workers to user threads; the queue must be empty."""
+    def lend(self, workers: list[Worker], lane_count: int) -> None:
+        """Lend these idle workers (of lanes below ``lane_count``) to user threads; the queue
+        must be empty."""
         with self.lock:
             # A worker with a call (held, or whose reply the supervisor reads) is not idle.
             self._lent = {w.lane: w for w in workers if w.calling is None}
             self._lendable = True
+            self._lane_count = lane_count
 
     def reclaim(self) -> None:
         """Take every loan back: from now on only the supervisor sends to its workers."""

@@ -25,6 +25,10 @@ def outcome(done: Done, task: Task) -> tuple[bool, Any]:
     except (SerializationError, OSError, ValueError) as exc:
         # Unpicklable, or its result slots could not be mapped: this task fails alone.
         return False, exc
+    except Exception as exc:  # its exception's class cannot be rebuilt here
+        error = SerializationError(f"could not unpickle the error raised by {task}: {exc!r}")
+        error.__cause__ = exc
+        return False, error
 
 
 def settle(future: Future[Any], ok: bool, result: Any) -> None:

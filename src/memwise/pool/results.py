@@ -127,6 +127,11 @@ class Results:
     def book(self, worker: Worker, task: Task, done: Done, error: BaseException | None) -> None:
         """Account for a call whose calling thread completed its future (``error``: how it
         failed, or None)."""
+        if worker.calling is task:
+            worker.calling = None  # kept until now where workers retire after a task
+        if worker.conn.closed:  # its exit was handled first: nothing left but to count it
+            self._record(worker, task, done, self._clock(), error is None, error)
+            return
         self._settle(worker, task, done, (error is None, error))
 
     def _settle(
@@ -134,7 +139,7 @@ class Results:
     ) -> None:
         """Account for ``task``'s ``done``; complete its future unless ``settled`` already."""
         try:
-            now = self._account(worker, task, done)
+            now = self._account(worker, task, done, timers=settled is None)
             if settled is None:
                 self._complete(worker, task, done, now)
             else:
@@ -146,17 +151,19 @@ class Results:
                 task.future.set_exception(exc)
             raise
 
-    def _account(self, worker: Worker, task: Task, done: Done) -> float:
+    def _account(self, worker: Worker, task: Task, done: Done, timers: bool) -> float:
+        """Everything a finished task teaches; ``timers``: it just finished, so the worker's
+        busy and idle times start now (not for a call, accounted for later)."""
         task.release_memory()
         _oob.returned(done.returns, worker.pid)
         self._dispatcher.learn(worker, task, done)
         now = self._clock()
-        if worker.calling is None:  # else a calling thread has sent it a task since
-            worker.busy_since = now
         worker.tasks_done += 1
         worker.private = done.private
-        if not worker.busy:
-            worker.idle_since = now
+        if timers:
+            worker.busy_since = now
+            if not worker.busy:
+                worker.idle_since = now
         self._deaths.task_succeeded()
         return now
 

@@ -80,6 +80,7 @@ from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import Worker
 from memwise.pool.inbox import Answer, Inbox
 from memwise.pool.lanes import Lanes
+from memwise.pool.outcome import settle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
 from memwise.pool.results import Results
@@ -255,7 +256,7 @@ class Supervisor:
         """A consistent picture of the pool (any thread); see :mod:`memwise.pool.stats`."""
         inbox = self._inbox
         with self._state_lock:
-            for answer in inbox.take_answers():  # calls given back while the supervisor slept
+            for answer in inbox.take_quiet_answers():  # calls given back while it slept
                 self._on_answer(answer)
         with self._state_lock, inbox.lock:
             draft = stats.draft(
@@ -370,6 +371,10 @@ class Supervisor:
         if self._inbox.defer_exit(worker):
             self._crew.unwatch(worker.process.sentinel)  # until the calling thread is done
             return
+        for answer in self._inbox.take_answers(worker):  # calls it answered before it died
+            self._on_answer(answer)
+        if worker.conn.closed:
+            return  # handled by one of them
         self._inbox.reclaim()  # take loans back before re-queueing or closing anything
         self._results.drain(worker)
         self._deaths.on_exit(worker)
@@ -417,5 +422,5 @@ class Supervisor:
             task.release_memory()
             if not task.future.done():
                 self._hub.announce_task("task_failed", task, reason=type(error).__name__)
-                task.future.set_exception(error)
+                settle(task.future, False, error)  # a calling thread may settle it first
         self._started.set()
