@@ -118,9 +118,14 @@ def recycle_floor(ctx: Any, heap_bytes: int, piece_bytes: int, rounds: int = 5) 
 
 def _server_of(ctx: Any) -> int:
     """The pid of the process that forks ``ctx``'s processes (the forkserver)."""
+    from memwise.pool.context import forget_main_hint
+
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_report_parent, args=(send,))
-    process.start()
+    try:
+        process.start()
+    finally:
+        forget_main_hint()  # as memwise does once a process started: the server has read it
     send.close()
     server: int = receive.recv()
     process.join()
