@@ -73,19 +73,24 @@ def test_calls_with_a_key_run_in_that_keys_lane():
         assert len(pids) == 1
 
 
-def test_many_threads_calling_at_once_each_get_their_own_results():
+def call_from_threads(pool: WorkerPool, threads: int, calls: int) -> None:
+    """``calls`` calls from each of ``threads`` threads at once; each gets its own results."""
     results: dict[int, list[int]] = {}
 
     def caller(n: int) -> None:
-        results[n] = [pool.call(_tasks.add, n, i) for i in range(40)]
+        results[n] = [pool.call(_tasks.add, n, i) for i in range(calls)]
 
+    started = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(WAIT)
+    assert results == {n: [n + i for i in range(calls)] for n in range(threads)}
+
+
+def test_many_threads_calling_at_once_each_get_their_own_results():
     with WorkerPool(2) as pool:
-        threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT)
-        assert results == {n: [n + i for i in range(40)] for n in range(8)}
+        call_from_threads(pool, threads=8, calls=40)
         assert pool.snapshot().done == 8 * 40
 
 
@@ -170,18 +175,8 @@ def test_call_on_a_closed_pool_is_refused():
 def test_calls_from_threads_in_a_pool_that_retires_workers_after_tasks():
     """A worker due to retire after a call must not be lent to the next call before the pool
     has accounted for the first (it would never run the second)."""
-    results: dict[int, list[int]] = {}
-
-    def caller(n: int) -> None:
-        results[n] = [pool.call(_tasks.add, n, i) for i in range(40)]
-
     with WorkerPool(3, recycle=Recycle(tasks=4, spares=1)) as pool:
-        threads = [threading.Thread(target=caller, args=(n,)) for n in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT)
-        assert results == {n: [n + i for i in range(40)] for n in range(3)}
+        call_from_threads(pool, threads=3, calls=40)
         assert pool.snapshot().recycles["tasks"] >= 3 * 40 // 4 - 3
 
 
