@@ -9,8 +9,10 @@ Every wait is bounded by ``WAIT`` so that a broken pool fails a test instead of 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -354,3 +356,11 @@ def trims_so_far(*_args: Any) -> int:
 
 def parent_pid(*_args: Any) -> int:
     return os.getppid()
+
+
+def raise_from(directory: str, module: str) -> None:
+    """Raise ``module.Failure`` from a module only this worker can import (``directory`` is
+    added to its path, not the parent's): the exception cannot be rebuilt in the parent."""
+    sys.path.insert(0, directory)
+    failure = importlib.import_module(module).Failure
+    raise failure("raised where only the worker knows the class")

@@ -7,6 +7,7 @@ end) and time is a fake clock, so deadlines, storms and budget waits are exercis
 from __future__ import annotations
 
 import multiprocessing
+import pickle
 import threading
 import time
 from concurrent.futures import Future
@@ -19,7 +20,7 @@ from memwise import _channel
 from memwise.budget import MemoryBudget
 from memwise.errors import BrokenPool, MemoryBudgetExceeded, WorkerCrashed
 from memwise.pool import deaths
-from memwise.pool._protocol import OK, Done, Run, decode
+from memwise.pool._protocol import OK, Done, Run, decode, encode_done
 from memwise.pool.config import PoolConfig
 from memwise.pool.crew import SPARE, Crew
 from memwise.pool.deaths import Deaths
@@ -29,6 +30,7 @@ from memwise.pool.inbox import Inbox
 from memwise.pool.lanes import Lanes
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import TaskQueue
+from memwise.pool.results import Results
 from memwise.pool.stats import Tally
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
@@ -68,6 +70,11 @@ class FakeProcess:
 
     def kill(self) -> None:
         self.exitcode = -9
+
+    def exit(self, exitcode: int) -> None:
+        """End as a process would: its sentinel becomes readable."""
+        self.exitcode = exitcode
+        self._end.send_bytes(b"exited")
 
     def close(self) -> None:
         self._sentinel.close()
@@ -119,7 +126,11 @@ class Rig:
         self.lanes = Lanes(config.max_workers, config.min_workers)
         self.queue = TaskQueue()
         self.inbox = Inbox(
-            clock=self.clock, hub=self.hub, on_key_change=False, watch_every_task=False
+            clock=self.clock,
+            hub=self.hub,
+            on_key_change=False,
+            watch_every_task=False,
+            relend=True,
         )
         self.crew = Crew(
             config,
@@ -148,6 +159,8 @@ class Rig:
             start_failed=lambda error, cause, fatal: self.start_failures.append(error),
             **parts,
         )
+        del parts["queue"]
+        self.results = Results(config, dispatcher=self.dispatcher, deaths=self.deaths, **parts)
 
     def _break(self, error: BaseException, cause: BaseException | None) -> None:
         self.broken = self.broken or error
@@ -184,23 +197,33 @@ def make_rig():
 
 
 def fake_worker(rig: Rig, lane: int) -> tuple[Worker, Any]:
-    """A READY worker in ``lane``; returns it and the far end of its pipe."""
+    """A READY worker in ``lane``; returns it and the far end of its pipe (whose ``reply``
+    attribute is the write end of its reply pipe)."""
     ours, theirs = multiprocessing.Pipe(duplex=True)
     alive, _ = multiprocessing.Pipe(duplex=False)
-    worker = Worker(lane, FakeProcess(FAKE_PID + lane), ours, alive, FakeLedger(), rig.clock())
+    reply, theirs.reply = multiprocessing.Pipe(duplex=False)
+    worker = Worker(
+        lane, FakeProcess(FAKE_PID + lane), ours, alive, FakeLedger(), rig.clock(), reply
+    )
     worker.state = State.READY
     rig.crew.place(worker)
     return worker, theirs
 
 
-def runs(far: Any) -> list[list[int]]:
-    """The task ids of every Run waiting on the far end of a worker's pipe."""
+def runs(far: Any, replies: bool = False) -> list[list[int]]:
+    """The task ids of every Run waiting on the far end of a worker's pipe (those whose
+    replies go down the reply pipe, with ``replies``)."""
     found = []
     for data in _channel.channel(far).drain():
         message = decode(data)
         assert isinstance(message, Run)
-        found.append([entry.task_id for entry in message.tasks])
+        if message.reply == replies:
+            found.append([entry.task_id for entry in message.tasks])
     return found
+
+
+def done_message(made: Task, value: Any) -> bytes:
+    return encode_done(made.id, OK, pickle.dumps(value), 0.001, (), [], None, None)
 
 
 # ----- TaskQueue ---------------------------------------------------------------------------
@@ -283,6 +306,51 @@ def test_idle_workers_are_lent_only_while_nothing_is_queued(make_rig):
     with rig.inbox.lock:  # the loan was used up: the next task goes through the supervisor
         rig.inbox.hand_over_locked(queued)
     assert rig.inbox.has_incoming() and runs(far) == []
+
+
+def test_a_call_is_answered_to_the_calling_thread_and_its_worker_lent_again(make_rig):
+    rig, _ = make_rig(workers=1)
+    worker, far = fake_worker(rig, 0)
+    rig.dispatcher.dispatch()
+    called = task()
+    with rig.inbox.lock:
+        assert rig.inbox.hold_locked(called) is worker
+    assert runs(far, replies=True) == [[called.id]] and worker.calling is called
+    rig.dispatcher.dispatch()  # the supervisor neither lends nor sends to a held worker
+    other = task()
+    with rig.inbox.lock:
+        assert rig.inbox.hold_locked(other) is None
+    _channel.channel(far.reply).send(done_message(called, 42))
+    done = rig.inbox.await_reply(worker)
+    assert done is not None and done.task_id == called.id
+    rig.inbox.give_back(worker, called, done, None)
+    assert worker.calling is None and not worker.held
+    with rig.inbox.lock:  # lent again by the calling thread itself: no supervisor round
+        assert rig.inbox.hold_locked(other) is worker
+    answers = rig.inbox.take_answers()
+    assert [(a.task, a.done) for a in answers] == [(called, done)]
+    rig.results.book(worker, called, done, None)
+    assert rig.tally.done == 1 and worker.tasks_done == 1
+
+
+def test_a_call_whose_worker_dies_becomes_the_task_it_died_in(make_rig):
+    rig, _ = make_rig(workers=1, retries=1)
+    worker, _far = fake_worker(rig, 0)
+    rig.dispatcher.dispatch()
+    called = task()
+    with rig.inbox.lock:
+        rig.inbox.hold_locked(called)
+    worker.ledger.started.value = called.id
+    worker.process.exit(-9)
+    assert rig.inbox.await_reply(worker) is None
+    assert rig.inbox.defer_exit(worker)  # still held: its exit waits for the give-back
+    rig.inbox.give_back(worker, called, None, None)
+    assert not rig.inbox.defer_exit(worker)
+    rig.results.drain(worker)
+    assert list(worker.outstanding) == [called] and worker.calling is None
+    rig.deaths.on_exit(worker)
+    assert rig.queue.pop_for(0) is called  # re-run: retries allow one more
+    assert not called.future.done()
 
 
 def test_latest_wins_tasks_are_never_pipelined(make_rig):

@@ -50,7 +50,7 @@ STAGE_NOTES = {
     "pipe_pingpong": "floor: one message there and back between two processes (pipes)",
     "socketpair_pingpong": "the same over a socket pair (multiprocessing.Pipe())",
     "thread_wakeup": "one thread waking another through a future",
-    "roundtrip": "measured sequential round trip (this run)",
+    "roundtrip": "measured submit-and-wait round trip (this run)",
     "other": "round trip - CPU stages - pipe ping-pong: wake-ups, scheduling, bookkeeping",
 }
 CPU_STAGES = (

@@ -20,8 +20,17 @@ Systems, each driven through its own documented setting:
 Figures per system: ``peak_worker_mb``, the most private memory one worker held (the larger of
 what a sampler thread saw every 20 ms and what the tasks measured in their worker before
 returning); ``peak_total_mb``, all workers together at one sample; ``final_total_mb``, all
-workers after the last result; ``recycles``; ``tasks_per_s`` over the leaking tasks. Each run is
-a fresh pool, warmed up first; with repeats, throughput is the best run's and memory the worst.
+workers after the last result; ``recycles``; ``tasks_per_s`` over the leaking tasks;
+``cpu_ms_per_task``, the CPU every process of the pool spent per leaking task (its own process,
+workers, forkserver, and the workers that exited meanwhile, through their reaper; the sampler's
+own CPU is apart, in ``sampler_cpu_ms_per_task``); ``cores_used`` and ``cores_spare`` (idle or
+running niced processes meanwhile). Each run is a fresh pool, warmed up first; with repeats,
+throughput (and the CPU figures) is the best run's and memory the worst.
+
+``bound`` is the most throughput any pool recycling as often could keep here, from the CPU a
+task costs without recycling and the least CPU a recycle costs, both measured in this run (see
+:func:`memwise.benchmarks._recycle_cost.recycle_bound`); memwise's and each peer's throughput
+is also given as a share of it.
 """
 
 from __future__ import annotations
@@ -49,6 +58,13 @@ from memwise.benchmarks._harness import (
     print_targets,
     ratios_against,
 )
+from memwise.benchmarks._recycle_cost import (
+    cpu_between,
+    recycle_bound,
+    recycle_floor,
+    spare_cpu,
+    tree_cpu,
+)
 from memwise.benchmarks._tasks import retain
 from memwise.memory import private_memory
 
@@ -69,6 +85,7 @@ METRICS = (
     Metric("final_total_mb", "final all MiB", ",.1f", higher_is_better=False),
     Metric("recycles", "recycles", ",.0f", higher_is_better=False),
     Metric("tasks_per_s", "tasks/s", ",.0f"),
+    Metric("cpu_ms_per_task", "CPU ms/task", ",.2f", higher_is_better=False),
 )
 # A ratio of recycle counts says nothing: the ratios table leaves that column out.
 RATIO_METRICS = tuple(m for m in METRICS if m.key != "recycles")
@@ -79,6 +96,7 @@ class RecycleResult(TargetedResult):
 
     limit_bytes: int
     task_bytes: int
+    bound: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -189,17 +207,28 @@ def run(quick: bool = False) -> RecycleResult:
     A system that cannot be imported or that fails is listed in ``skipped`` with the reason.
     """
     sizes = QUICK if quick else FULL
+    # The floor of a recycle is measured before and after the systems (the least of both):
+    # the load of a shared machine changes meanwhile, and only ever adds CPU.
+    floors = [_floor(sizes)]
     results, skipped = measure_systems(
         {name: functools.partial(_measure, factory, sizes) for name, factory in SYSTEMS.items()}
+    )
+    floors.append(_floor(sizes))
+    floor = {part: min(f[part] for f in floors) for part in floors[0]}
+    bound = (
+        recycle_bound(results, "memwise", "memwise-norecycle", sizes.tasks, floor)
+        if "memwise" in results and "memwise-norecycle" in results
+        else {}
     )
     return {
         "benchmark": "recycle",
         "results": results,
         "skipped": skipped,
         "ratios": ratios_against(results, "memwise", RATIO_METRICS),
-        "targets": targets(results, sizes.limit),
+        "targets": targets(results, sizes.limit, bound),
         "limit_bytes": sizes.limit,
         "task_bytes": TASK_BYTES,
+        "bound": bound,
     }
 
 
@@ -211,10 +240,29 @@ def print_table(result: RecycleResult, console: Console | None = None) -> None:
         f"limit {result['limit_bytes'] / MiB:.0f} MiB, each task retains "
         f"{result['task_bytes'] / MiB:.0f} MiB, {WORKERS} workers"
     )
+    bound = result["bound"]
+    if bound:
+        console.print(
+            f"bound: a task costs {bound['task_cpu_ms']:.2f} ms of CPU without recycling, a "
+            f"recycle at least {bound['recycle_floor_ms']:.1f} ms (start "
+            f"{bound['recycle_floor_start_ms']:.1f}, exit {bound['recycle_floor_exit_ms']:.1f}); "
+            f"{bound['recycles_per_task']:.3f} recycles per task leave at most "
+            f"{bound['cpu_share_bound']:.2f}x the unrecycled throughput on saturated cores, "
+            f"{bound['ratio_bound']:.2f}x with the {bound['cores_spare_norecycle']:.2f} cores "
+            f"left spare next to the {bound['cores_used_norecycle']:.2f} used without recycling"
+        )
     print_targets(result["targets"], console)
 
 
-def targets(results: dict[str, Figures], limit: int) -> dict[str, Target]:
+def _floor(sizes: Sizes) -> dict[str, float]:
+    from memwise.pool.context import get_context
+
+    return recycle_floor(get_context(None), sizes.limit, TASK_BYTES, rounds=3)
+
+
+def targets(
+    results: dict[str, Figures], limit: int, bound: dict[str, float] | None = None
+) -> dict[str, Target]:
     """The issue's targets, from memwise's figures of this run (unmet, without a value, when
     memwise or ``memwise-norecycle`` has none: ``skipped`` says why)."""
     mine = results.get("memwise")
@@ -229,6 +277,11 @@ def targets(results: dict[str, Figures], limit: int) -> dict[str, Target]:
         "throughput vs no recycling": at_least(
             share, 1 - THROUGHPUT_TOLERANCE, "x memwise-norecycle"
         ),
+        # What of the above is within memwise's reach: the share of the most any pool could
+        # keep at this recycle rate on this machine (see recycle_bound).
+        "throughput vs its bound (recycle CPU floor, same run)": at_least(
+            (bound or {}).get("memwise_vs_bound"), 1 - THROUGHPUT_TOLERANCE, "x bound"
+        ),
     }
 
 
@@ -240,6 +293,9 @@ def targets(results: dict[str, Figures], limit: int) -> dict[str, Target]:
 @dataclass(frozen=True)
 class _Run:
     seconds: float
+    cpu: float  # the pool's processes, this one included
+    sampling: float  # the sampler thread's
+    spare: float  # idle or niced on the machine meanwhile
     peak_worker: int
     peak_total: int
     final_total: int
@@ -248,12 +304,17 @@ class _Run:
 
 def _measure(factory: Callable[[], Pool], sizes: Sizes) -> Figures:
     runs = [_run_once(factory(), sizes) for _ in range(sizes.repeats)]
+    best = min(runs, key=lambda r: r.seconds)  # CPU and cores figures: the throughput's run
     return {
         "peak_worker_mb": max(r.peak_worker for r in runs) / MiB,
         "peak_total_mb": max(r.peak_total for r in runs) / MiB,
         "final_total_mb": max(r.final_total for r in runs) / MiB,
         "recycles": max(r.recycles for r in runs),
         "tasks_per_s": sizes.tasks / min(r.seconds for r in runs),
+        "cpu_ms_per_task": best.cpu / sizes.tasks * 1e3,
+        "sampler_cpu_ms_per_task": best.sampling / sizes.tasks * 1e3,
+        "cores_used": (best.cpu + best.sampling) / best.seconds,
+        "cores_spare": best.spare / best.seconds,
     }
 
 
@@ -264,9 +325,14 @@ def _run_once(pool: Pool, sizes: Sizes) -> _Run:
         sampler.start()
         # Warm-up: workers import the task module before the clock starts; retain(0) leaks nothing.
         reports = _results(pool.submit(retain, 0) for _ in range(4 * WORKERS))
+        cpu_before, sampling_before, spare_before = tree_cpu(), sampler.cpu, spare_cpu()
         start = time.perf_counter()
         leaks = _results(pool.submit(retain, TASK_BYTES) for _ in range(sizes.tasks))
         seconds = time.perf_counter() - start
+        spare = spare_cpu() - spare_before
+        sampling = sampler.cpu - sampling_before
+        # The sampler's own CPU is the benchmark's, not the pool's: it is counted apart.
+        cpu = cpu_between(cpu_before, tree_cpu()) - sampling
         sampler.stop()
         recycles = pool.recycles({pid for pid, _ in reports + leaks})
     finally:
@@ -276,6 +342,9 @@ def _run_once(pool: Pool, sizes: Sizes) -> _Run:
     samples = sampler.without(set(_descendants()))
     return _Run(
         seconds=seconds,
+        cpu=cpu,
+        sampling=sampling,
+        spare=spare,
         peak_worker=max([max(s.values(), default=0) for s in samples] + [p for _, p in leaks]),
         peak_total=max(sum(s.values()) for s in samples),
         final_total=sum(samples[-1].values()),
@@ -296,6 +365,7 @@ class _Sampler:
 
     def __init__(self) -> None:
         self.samples: list[dict[int, int]] = []
+        self.cpu = 0.0  # CPU seconds the sampling thread has spent
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="recycle-sampler", daemon=True)
 
@@ -315,7 +385,9 @@ class _Sampler:
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
+            started = time.thread_time()
             self.samples.append(_sample())
+            self.cpu += time.thread_time() - started
             self._stopped.wait(SAMPLE_S)
 
 

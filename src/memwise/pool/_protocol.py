@@ -5,6 +5,9 @@ One duplex pipe per worker carries them, each pickled (protocol 5) by :func:`enc
     supervisor → worker:  Init once, then Run any number of times, then Stop
     worker → supervisor:  Ready or InitError, then one Done per task, in the order sent
 
+A Run marked ``reply`` (the call path, see :mod:`memwise.pool.inbox`) has its one task's Done
+written to a second, one-way *reply* pipe instead, which the thread that sent it reads.
+
 The tasks of one ``Run`` and of successive ones run strictly in order, which lets the
 supervisor know which task a worker was running when it died: the oldest one without a
 ``Done``. Shared-memory slot handles (``TaskEntry.handles``, ``Run.restock``, ``Done.gifts``,
@@ -56,11 +59,12 @@ class TaskEntry(NamedTuple):
 
 class Run(NamedTuple):
     """Tasks to run in order; ``restock``: warm slots for results; ``epoch`` numbers the Run
-    (see :mod:`memwise.pool.ledger`)."""
+    (see :mod:`memwise.pool.ledger`); ``reply``: send the Dones down the reply pipe."""
 
     tasks: list[TaskEntry]
     restock: tuple[Any, ...]
     epoch: int
+    reply: bool = False
 
 
 class Stop(NamedTuple):
@@ -106,7 +110,9 @@ def encode(message: Any) -> bytes:
     """
     if type(message) is Run:
         tasks = [tuple(entry) for entry in message.tasks]
-        return pickle.dumps((_TAGS[Run], tasks, message.restock, message.epoch), _wire.PROTOCOL)
+        return pickle.dumps(
+            (_TAGS[Run], tasks, message.restock, message.epoch, message.reply), _wire.PROTOCOL
+        )
     return pickle.dumps((_TAGS[type(message)], *message), _wire.PROTOCOL)
 
 
@@ -135,5 +141,5 @@ def decode(data: bytes | bytearray) -> Any:
     cls = _CLASSES[plain[0]]
     if cls is Run:
         tasks = [_new(TaskEntry, entry) for entry in plain[1]]
-        return _new(Run, (tasks, plain[2], plain[3]))
+        return _new(Run, (tasks, plain[2], plain[3], plain[4]))
     return _new(cls, plain[1:])

@@ -59,7 +59,7 @@ class Deadlines:
     def poll_memory(self, now: float) -> float | None:
         """Enforce ``Recycle(hard_memory=)`` on busy workers; when to look next (or None)."""
         if self._config.recycle.hard_memory is None or not any(
-            w.outstanding for w in self._crew.in_lanes()
+            w.busy for w in self._crew.in_lanes()
         ):
             return None
         if now >= self._next_poll:
@@ -93,8 +93,8 @@ class Deadlines:
             self._crew.kill(worker, "init timeout")
         elif worker.state is State.STOPPING:
             self._crew.kill(worker, "stop timeout")
-        elif worker.outstanding:
-            worker.timed_out = worker.outstanding[0]
+        elif worker.busy:
+            worker.timed_out = worker.running
             self._crew.kill(worker, "timeout")
         elif self._crew.is_spare(worker):
             self._crew.stop(worker)
@@ -105,7 +105,7 @@ class Deadlines:
         limit = self._config.recycle.hard_memory_bytes
         assert limit is not None
         for worker in list(self._crew.in_lanes()):
-            if not worker.outstanding or worker.kill_reason is not None:
+            if not worker.busy or worker.kill_reason is not None:
                 continue
             try:
                 worker.private = private_memory(worker.pid)

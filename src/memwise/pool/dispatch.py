@@ -140,8 +140,13 @@ class Dispatcher:
         self._inbox.reclaim()
         if self._inbox.broken is not None:
             return
+        # A worker with a call gets nothing: held, its reply comes down the other pipe and
+        # must stay the first of its replies; given back and not accounted for yet (where
+        # workers retire after a task), it may have stopped taking tasks.
         ready = [
-            w for w in self._crew.in_lanes() if w.state is State.READY and w.kill_reason is None
+            w
+            for w in self._crew.in_lanes()
+            if w.state is State.READY and w.kill_reason is None and w.calling is None
         ]
         self._budget_blocked = False
         queue = self._queue
@@ -177,11 +182,8 @@ class Dispatcher:
         if not queue and not self._inbox.closing and self._config.budget is None:
             lanes = self._lanes.count
             self._inbox.lend(
-                {
-                    w.lane: w
-                    for w in ready
-                    if not w.outstanding and not w.retiring and w.lane < lanes
-                }
+                [w for w in ready if not w.outstanding and not w.retiring and w.lane < lanes],
+                lanes,
             )
 
     def _pipeline_depth(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import select
 import signal
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -31,7 +32,14 @@ class Worker:
     """
 
     def __init__(
-        self, lane: int, process: Any, conn: Any, alive: Any, ledger: Ledger, now: float
+        self,
+        lane: int,
+        process: Any,
+        conn: Any,
+        alive: Any,
+        ledger: Ledger,
+        now: float,
+        reply: Any = None,
     ) -> None:
         self.lane = lane
         self.ledger = ledger
@@ -45,6 +53,20 @@ class Worker:
         self.state = State.STARTING
         self.since = now
         self.outstanding: deque[Task] = deque()
+        # The call path (see memwise.pool.inbox): the read end of its reply pipe, and the task
+        # a calling thread sent it and reads the reply of. ``calling`` is set and cleared by
+        # that thread under ``Inbox.lock``; while it is set the task is in no other list.
+        self.reply = reply
+        self.replies = None if reply is None else _channel.channel(reply)
+        # What its holder waits on: the reply, or the process's end. Made once, not per call.
+        self.reply_poll: Any = None
+        if reply is not None and hasattr(select, "poll"):  # else no call path (Windows)
+            self.reply_poll = select.poll()
+            self.reply_poll.register(reply.fileno(), select.POLLIN)
+            self.reply_poll.register(process.sentinel, select.POLLIN)
+        self.calling: Task | None = None
+        self.held = False  # a calling thread holds it (see the rules at Inbox._lent)
+        self.exit_deferred = False  # it exited while held
         self.busy_since = 0.0
         self.idle_since = now
         self.kill_reason: str | None = None
@@ -57,6 +79,18 @@ class Worker:
         # Result sizes (bytes) it produced in shared memory, owed a warm slot each.
         self.result_sizes: dict[int, int] = {}
 
+    @property
+    def running(self) -> Task | None:
+        """The task it runs now (or will run next), if any."""
+        if self.calling is not None:
+            return self.calling
+        return self.outstanding[0] if self.outstanding else None
+
+    @property
+    def busy(self) -> bool:
+        """Whether it holds a task, queued to it or called on it."""
+        return bool(self.outstanding) or self.calling is not None
+
     def deadline(self, init_timeout: float, idle: float | None) -> float | None:
         """When the supervisor must next act on this worker on its own, or None."""
         if self.kill_reason is not None:
@@ -65,15 +99,17 @@ class Worker:
             return self.since + init_timeout
         if self.state is State.STOPPING:
             return self.since + STOP_GRACE_SECONDS
-        if self.outstanding:
-            timeout = self.outstanding[0].timeout
+        running = self.running
+        if running is not None:
+            timeout = running.timeout
             return None if timeout is None else self.busy_since + timeout
         return None if idle is None else self.idle_since + idle
 
-    def run_message(self, batch: Sequence[Task]) -> bytes:
-        """The one place a Run is built: ``batch`` for this worker, lending it their slots."""
+    def run_message(self, batch: Sequence[Task], reply: bool = False) -> bytes:
+        """The one place a Run is built: ``batch`` for this worker, lending it their slots;
+        with ``reply``, its Dones come down the reply pipe."""
         entries = [TaskEntry(t.id, t.payload, t.lend_slots(self.pid)) for t in batch]
-        return encode(Run(entries, self._restock(), self.epoch))
+        return encode(Run(entries, self._restock(), self.epoch, reply))
 
     def _restock(self) -> tuple[Any, ...]:
         """Warm free slots of the sizes this worker's results take, sent with its next task."""

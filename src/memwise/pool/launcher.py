@@ -42,6 +42,7 @@ class Launched:
     conn: Any  # the duplex pipe to the worker
     alive: Any  # the write end of the pipe whose closing tells the worker its parent is gone
     ledger: Ledger
+    reply: Any  # the read end of the worker's reply pipe (see memwise.pool._protocol)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,11 @@ def launch(ctx: Any, lane: int, start_initargs: tuple[Any, ...] | None) -> Launc
     """Start one worker process (blocking); raises SerializationError or OSError."""
     conn, child_conn = _channel.pipe(ctx)
     alive_r, alive_w = ctx.Pipe(duplex=False)
+    reply_r, reply_w = ctx.Pipe(duplex=False)
     ledger = Ledger(ctx)
     process = ctx.Process(
         target=_worker_module.main,
-        args=(child_conn, alive_r, ledger, start_initargs),
+        args=(child_conn, alive_r, reply_w, ledger, start_initargs),
         name=f"memwise-worker-{lane}",
     )
     try:
@@ -67,6 +69,7 @@ def launch(ctx: Any, lane: int, start_initargs: tuple[Any, ...] | None) -> Launc
     except BaseException as exc:
         conn.close()
         alive_w.close()
+        reply_r.close()
         if isinstance(exc, _START_PICKLING_FAILURES):
             raise SerializationError(
                 f"could not hand the initializer's arguments to a new worker: {exc!r}; pass "
@@ -77,13 +80,14 @@ def launch(ctx: Any, lane: int, start_initargs: tuple[Any, ...] | None) -> Launc
     finally:
         child_conn.close()
         alive_r.close()
+        reply_w.close()
         forget_main_hint()
     # Every Process.start() polls the processes multiprocessing lists as children, on the
     # starting thread. The supervisor's thread alone may poll, join and close a worker (two
     # threads reading one exit status race for it), so a worker leaves that list at once.
     # (The pool shuts its workers down itself, before multiprocessing's exit handler runs.)
     getattr(multiprocessing.process, "_children", set()).discard(process)
-    return Launched(lane, process, conn, alive_w, ledger)
+    return Launched(lane, process, conn, alive_w, ledger, reply_r)
 
 
 class Launcher:

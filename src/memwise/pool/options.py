@@ -123,6 +123,10 @@ class Submitter:
         """``pool.submit(fn, *args, **kwargs)`` with this object's options."""
         return self._pool.submit_with(self._options, fn, *args, **kwargs)
 
+    def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``pool.call(fn, *args, **kwargs)`` with this object's options."""
+        return self._pool.call_with(self._options, fn, *args, **kwargs)
+
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.run(...)`` with this object's options."""
         return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))

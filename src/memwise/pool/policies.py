@@ -83,6 +83,11 @@ class Recycle:
         """
         return self.on_key_change
 
+    @property
+    def retires_after_task(self) -> bool:
+        """Whether :meth:`after_task` can ever give a reason."""
+        return self.tasks is not None or self.memory is not None
+
     def after_task(self, tasks_done: int, private: int | None) -> str | None:
         """The reason to retire a worker that just finished a task, or None."""
         if self.tasks is None and self.memory is None:

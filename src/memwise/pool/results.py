@@ -15,14 +15,15 @@ from concurrent.futures import Future
 from typing import Any
 
 from memwise import _oob, _wire
-from memwise.errors import MissingMainGuard, SerializationError, WorkerInitError
-from memwise.pool._protocol import OK, RAISED, Done, InitError, Ready, decode
+from memwise.errors import MissingMainGuard, WorkerInitError
+from memwise.pool._protocol import Done, InitError, Ready, decode
 from memwise.pool.config import PoolConfig
 from memwise.pool.crew import Crew
 from memwise.pool.deaths import Deaths
 from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import Worker
 from memwise.pool.inbox import Inbox
+from memwise.pool.outcome import outcome
 from memwise.pool.stats import Tally
 from memwise.pool.subscribers import EventHub
 from memwise.pool.task import Task
@@ -66,7 +67,14 @@ class Results:
             self.on_message(worker, decode(data))
 
     def drain(self, worker: Worker) -> None:
-        """Read what an exited worker sent before it died: those results still count."""
+        """Read what an exited worker sent before it died: those results still count. A call
+        it did not answer becomes the task it died in."""
+        if worker.calling is not None and worker.replies is not None:
+            for data in worker.replies.drain():
+                self._on_reply(worker, decode(data))
+        if worker.calling is not None:
+            worker.outstanding.appendleft(worker.calling)
+            worker.calling = None
         for data in worker.channel.drain():
             self.on_message(worker, decode(data))
 
@@ -97,54 +105,96 @@ class Results:
     def _on_done(self, worker: Worker, done: Done) -> None:
         task = worker.outstanding.popleft()
         assert task.id == done.task_id, "worker results arrived out of order"
+        self._settle(worker, task, done, None)
+
+    def on_reply(self, worker: Worker) -> None:
+        """The reply pipe of a worker whose calling thread stopped waiting is readable."""
         try:
-            self._finish(worker, task, done)
+            messages = worker.replies.receive() if worker.replies is not None else []
+        except (EOFError, OSError):
+            messages = []  # it is exiting; its sentinel will tell how
+            self._crew.unwatch(worker.reply)
+        for data in messages:
+            self._on_reply(worker, decode(data))
+
+    def _on_reply(self, worker: Worker, done: Done) -> None:
+        task = worker.calling
+        assert task is not None and task.id == done.task_id, "a reply nobody waits for"
+        worker.calling = None
+        self._crew.unwatch(worker.reply)
+        self._settle(worker, task, done, None)
+
+    def book(self, worker: Worker, task: Task, done: Done, error: BaseException | None) -> None:
+        """Account for a call whose calling thread completed its future (``error``: how it
+        failed, or None)."""
+        if worker.calling is task:
+            worker.calling = None  # kept until now where workers retire after a task
+        if worker.conn.closed:  # its exit was handled first: nothing left but to count it
+            self._record(worker, task, done, self._clock(), error is None, error)
+            return
+        self._settle(worker, task, done, (error is None, error))
+
+    def _settle(
+        self, worker: Worker, task: Task, done: Done, settled: tuple[bool, Any] | None
+    ) -> None:
+        """Account for ``task``'s ``done``; complete its future unless ``settled`` already."""
+        try:
+            now = self._account(worker, task, done, timers=settled is None)
+            if settled is None:
+                self._complete(worker, task, done, now)
+            else:
+                self._record(worker, task, done, now, *settled)
+            self._maybe_recycle(worker, done)
         except BaseException as exc:
             # The task has left every list break_pool looks at: fail it here, or it is lost.
             if not task.future.done():
                 task.future.set_exception(exc)
             raise
 
-    def _finish(self, worker: Worker, task: Task, done: Done) -> None:
+    def _account(self, worker: Worker, task: Task, done: Done, timers: bool) -> float:
+        """Everything a finished task teaches; ``timers``: it just finished, so the worker's
+        busy and idle times start now (not for a call, accounted for later)."""
         task.release_memory()
         _oob.returned(done.returns, worker.pid)
         self._dispatcher.learn(worker, task, done)
         now = self._clock()
-        worker.busy_since = now
         worker.tasks_done += 1
         worker.private = done.private
-        if not worker.outstanding:
-            worker.idle_since = now
+        if timers:
+            worker.busy_since = now
+            if not worker.busy:
+                worker.idle_since = now
         self._deaths.task_succeeded()
-        self._complete(worker, task, done, now)
+        return now
+
+    def _maybe_recycle(self, worker: Worker, done: Done) -> None:
         if not worker.retiring:
             reason = self._recycle.after_task(worker.tasks_done, done.private)
             if reason is not None:
                 self._inbox.reclaim()
                 self._dispatcher.take_back(worker)  # it starts nothing more; see worker
                 self._crew.retire(worker, reason)
-        elif not worker.outstanding:
+        elif not worker.busy:
             self._crew.stop(worker)
 
     def _complete(self, worker: Worker, task: Task, done: Done, now: float) -> None:
-        status = done.status
-        try:
-            if status == OK:
-                buffers = _oob.adopted(done.gifts)
-                value = _wire.loads(done.payload, lambda: f"the result of {task}", buffers)
-            else:
-                error = _wire.load_exception(done.payload)
-        except (SerializationError, OSError, ValueError) as exc:
-            # Unpicklable, or its result slots could not be mapped: this task fails alone.
-            status, error = RAISED, exc
+        ok, result = outcome(done, task)
+        self._record(worker, task, done, now, ok, result)
+        if ok:
+            self._values.append((task.future, result))
+        else:
+            task.future.set_exception(result)
+
+    def _record(
+        self, worker: Worker, task: Task, done: Done, now: float, ok: bool, result: Any
+    ) -> None:
+        """Count the task's outcome and announce it."""
         tally = self._tally
         tally.ran(done.seconds, now)
-        if status == OK:
+        if ok:
             tally.done += 1
             if self._hub.subscriptions:
                 self._hub.announce_task("task_finished", task, worker, seconds=done.seconds)
-            self._values.append((task.future, value))
         else:
             tally.failed += 1
-            self._hub.announce_task("task_failed", task, worker, reason=type(error).__name__)
-            task.future.set_exception(error)
+            self._hub.announce_task("task_failed", task, worker, reason=type(result).__name__)

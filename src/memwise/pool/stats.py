@@ -164,7 +164,7 @@ def draft(
         max_workers=count,
         min_workers=lanes.minimum,
         queued=len(incoming) + dispatcher.queued(),
-        in_flight=sum(len(w.outstanding) for w in crew.everyone()),
+        in_flight=sum(len(w.outstanding) + (w.calling is not None) for w in crew.everyone()),
         submitted=tally.submitted,
         done=tally.done,
         failed=tally.failed,
@@ -227,7 +227,7 @@ def _worker_row(
     )
     if worker is None:
         return row
-    running = worker.outstanding[0] if worker.outstanding else None
+    running = worker.running
     if worker.state is State.STARTING:
         state = "starting"
     elif worker.state is State.STOPPING or (worker.retiring and running is None):

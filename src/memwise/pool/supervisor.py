@@ -19,7 +19,12 @@ Data flow of one task (messages in :mod:`memwise.pool._protocol`)::
           |                        (worker.outstanding)                          ledger.begin
           |                                               |                           |
           +-- direct path: a worker the Inbox lent        |                           |
-              (only while nothing is queued) ----Run------+-------------------------->|
+          |   (only while nothing is queued) ----Run------+-------------------------->|
+          |                                                                           |
+          +-- call path (WorkerPool.call): the caller holds a lent worker ---Run----->|
+              and reads its Done from the reply pipe <------------Done (reply pipe)---|
+              itself, settles the future, gives the worker back (Answer) ...          |
+                                 _on_wake / snapshot: Results.book (accounting only)  |
                                                                                       |
                                  Results.on_readable <-----------Done-----------------+
                                    outstanding.popleft, tally, Dispatcher.learn,
@@ -73,8 +78,9 @@ from memwise.pool.deadlines import Deadlines, earliest
 from memwise.pool.deaths import Deaths
 from memwise.pool.dispatch import Dispatcher
 from memwise.pool.handle import Worker
-from memwise.pool.inbox import Inbox
+from memwise.pool.inbox import Answer, Inbox
 from memwise.pool.lanes import Lanes
+from memwise.pool.outcome import settle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
 from memwise.pool.results import Results
@@ -94,7 +100,7 @@ class Supervisor:
     """Owns the workers of one pool; see the module docstring.
 
     Its surface (what :class:`~memwise.pool.api.WorkerPool` uses): ``start``, ``submit``,
-    ``resize``, ``lane_count``, ``close``, ``terminate``, ``join``, ``snapshot``,
+    ``call``, ``resize``, ``lane_count``, ``close``, ``terminate``, ``join``, ``snapshot``,
     ``subscribe``, ``unsubscribe`` and ``close_events``. Everything else is private.
     """
 
@@ -121,6 +127,7 @@ class Supervisor:
             hub=hub,
             on_key_change=config.recycle.on_key_change,
             watch_every_task=config.recycle.hard_memory is not None,
+            relend=not config.recycle.retires_after_task,
         )
         self._crew = crew = Crew(
             config,
@@ -177,22 +184,37 @@ class Supervisor:
             raise self._startup_error
 
     def submit(self, task: Task) -> None:
+        with self._inbox.lock:
+            self._admit_locked(task)
+            self._inbox.hand_over_locked(task)
+
+    def call(self, task: Task) -> None:
+        """Run ``task`` by the call path if a worker is lent, else as ``submit`` does; either
+        way its future is complete or will be (see :mod:`memwise.pool.inbox`)."""
         inbox = self._inbox
         with inbox.lock:
-            if inbox.broken is not None:
-                raise BrokenPool(
-                    f"the pool is broken and accepts no tasks: {inbox.broken}"
-                ) from inbox.broken
-            if inbox.closing:
-                raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
-            self._tally.submitted += 1
-            if task.key is not None:
-                task.lane = self._lanes.route(task.key)
-                key = task.key
-                task.future.add_done_callback(lambda _: self._unpin(key))
-            if self._hub.subscriptions:  # before any other thread can see the task
-                self._hub.announce_task("task_submitted", task, key=key_repr(task.key))
-            inbox.hand_over_locked(task)
+            self._admit_locked(task)
+            worker = inbox.hold_locked(task)
+            if worker is None:
+                inbox.hand_over_locked(task)
+                return
+        inbox.complete_call(worker, task)
+
+    def _admit_locked(self, task: Task) -> None:
+        inbox = self._inbox
+        if inbox.broken is not None:
+            raise BrokenPool(
+                f"the pool is broken and accepts no tasks: {inbox.broken}"
+            ) from inbox.broken
+        if inbox.closing:
+            raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
+        self._tally.submitted += 1
+        if task.key is not None:
+            task.lane = self._lanes.route(task.key)
+            key = task.key
+            task.future.add_done_callback(lambda _: self._unpin(key))
+        if self._hub.subscriptions:  # before any other thread can see the task
+            self._hub.announce_task("task_submitted", task, key=key_repr(task.key))
 
     def _unpin(self, key: Hashable) -> None:
         if self._lanes.release(key) is not None:
@@ -233,6 +255,9 @@ class Supervisor:
     def snapshot(self) -> PoolSnapshot:
         """A consistent picture of the pool (any thread); see :mod:`memwise.pool.stats`."""
         inbox = self._inbox
+        with self._state_lock:
+            for answer in inbox.take_quiet_answers():  # calls given back while it slept
+                self._on_answer(answer)
         with self._state_lock, inbox.lock:
             draft = stats.draft(
                 now=self._clock(),
@@ -319,6 +344,8 @@ class Supervisor:
 
     def _on_wake(self) -> None:
         delivery = self._inbox.collect()
+        for answer in delivery.answers:
+            self._on_answer(answer)
         self._dispatcher.enqueue(delivery.tasks)
         if delivery.cancel_queued:
             self._dispatcher.cancel_queued("shutdown")
@@ -329,7 +356,25 @@ class Supervisor:
     def _on_readable(self, worker: Worker) -> None:
         self._results.on_readable(worker)
 
+    def _on_answer(self, answer: Answer) -> None:
+        """A calling thread gave a worker back (see :meth:`call`)."""
+        worker = answer.worker
+        if answer.done is not None:
+            self._results.book(worker, answer.task, answer.done, answer.error)
+        elif answer.abandoned and worker.calling is answer.task and not worker.exit_deferred:
+            self._crew.watch(worker.reply, lambda: self._results.on_reply(worker))
+        if worker.exit_deferred:
+            worker.exit_deferred = False
+            self._on_exit(worker)
+
     def _on_exit(self, worker: Worker) -> None:
+        if self._inbox.defer_exit(worker):
+            self._crew.unwatch(worker.process.sentinel)  # until the calling thread is done
+            return
+        for answer in self._inbox.take_answers(worker):  # calls it answered before it died
+            self._on_answer(answer)
+        if worker.conn.closed:
+            return  # handled by one of them
         self._inbox.reclaim()  # take loans back before re-queueing or closing anything
         self._results.drain(worker)
         self._deaths.on_exit(worker)
@@ -369,11 +414,13 @@ class Supervisor:
         for worker in self._crew.everyone():
             pending.extend(worker.outstanding)
             worker.outstanding.clear()
+            if worker.calling is not None:
+                pending.append(worker.calling)  # its calling thread sees the kill
             self._crew.kill(worker, "broken")
         self._hub.announce("pool_broken", reason=str(error))
         for task in pending:
             task.release_memory()
             if not task.future.done():
                 self._hub.announce_task("task_failed", task, reason=type(error).__name__)
-                task.future.set_exception(error)
+                settle(task.future, False, error)  # a calling thread may settle it first
         self._started.set()

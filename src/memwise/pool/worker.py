@@ -179,13 +179,18 @@ def _after_task(options: InitOptions) -> int | None:
 
 
 def main(
-    conn: Any, alive: Any, ledger: Ledger, start_initargs: tuple[Any, ...] | None = None
+    conn: Any,
+    alive: Any,
+    reply: Any,
+    ledger: Ledger,
+    start_initargs: tuple[Any, ...] | None = None,
 ) -> None:
     """Entry point of a worker process (``start_initargs``: see ``PoolConfig``)."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what to do.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(alive)
     channel = _channel.channel(conn)
+    replies = _channel.channel(reply)  # Dones of Runs marked ``reply``
     inbox: deque[bytearray] = deque(channel.receive())
     while not inbox:
         inbox.extend(channel.receive())
@@ -201,10 +206,10 @@ def main(
     borrowing = False
     tasks_done = 0
     newest_epoch = -1
-    backlog: deque[tuple[int, TaskEntry]] = deque()
+    backlog: deque[tuple[int, TaskEntry, _channel.Channel]] = deque()
     while True:
         if backlog:
-            epoch, (task_id, payload, handles) = backlog.popleft()
+            epoch, (task_id, payload, handles), answer_to = backlog.popleft()
             if not ledger.begin(task_id, epoch):
                 continue  # taken back by the supervisor, or we are retiring
             borrowing = borrowing or bool(handles)
@@ -220,7 +225,7 @@ def main(
                 # go to another worker, and this one's memory never exceeds its limit by more
                 # than one task's worth. The supervisor reaches the same verdict from "done".
                 ledger.revoke(newest_epoch)
-            channel.send(encode_done(*outcome, returns, private, peak))
+            answer_to.send(encode_done(*outcome, returns, private, peak))
             continue
         if not inbox:
             try:
@@ -234,4 +239,5 @@ def main(
         newest_epoch = message.epoch
         if message.restock:
             slots.stock(message.restock)
-        backlog.extend([(newest_epoch, task) for task in message.tasks])
+        answer_to = replies if message.reply else channel
+        backlog.extend([(newest_epoch, task, answer_to) for task in message.tasks])
