@@ -6,9 +6,11 @@ keys, shutdown, a caller interrupted while it waits, and many threads calling at
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -192,3 +194,26 @@ def test_an_error_the_parent_cannot_unpickle_fails_that_task_alone(tmp_path, how
                 pool.submit(_tasks.raise_from, str(tmp_path), "worker_only").result(WAIT)
         assert pool.call(_tasks.square, 4) == 16
         assert pool.submit(_tasks.square, 5).result(WAIT) == 25
+
+
+def test_calls_while_the_pool_is_resized():
+    """Calls go on while lanes drain and open: every result right, no worker lost."""
+    stop = threading.Event()
+
+    def resize_until_stopped() -> None:
+        sizes = itertools.cycle((1, 3, 2))
+        while not stop.is_set():
+            pool.resize(next(sizes))
+            time.sleep(0.005)  # pacing: let calls run between resizes
+
+    with WorkerPool(3) as pool:
+        resizer = threading.Thread(target=resize_until_stopped)
+        resizer.start()
+        try:
+            call_from_threads(pool, threads=4, calls=60)
+        finally:
+            stop.set()
+            resizer.join(WAIT)
+        assert pool.call(_tasks.square, 9) == 81
+        snapshot = pool.snapshot()
+        assert snapshot.restarts == 0 and snapshot.recycles.get("resize", 0) > 0
