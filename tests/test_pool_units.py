@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import select
 import threading
 import time
 from concurrent.futures import Future
@@ -327,10 +328,34 @@ def test_a_call_is_answered_to_the_calling_thread_and_its_worker_lent_again(make
     assert worker.calling is None and not worker.held
     with rig.inbox.lock:  # lent again by the calling thread itself: no supervisor round
         assert rig.inbox.hold_locked(other) is worker
-    answers = rig.inbox.take_answers()
+    answers = rig.inbox.take_answers(worker)
     assert [(a.task, a.done) for a in answers] == [(called, done)]
     rig.results.book(worker, called, done, None)
     assert rig.tally.done == 1 and worker.tasks_done == 1
+
+
+def woken(rig: Rig) -> bool:
+    """Whether the supervisor was poked since the last look (and forget it)."""
+    readable, _, _ = select.select([rig.inbox.wake_fd], [], [], 0)
+    rig.inbox.collect()
+    return bool(readable)
+
+
+def test_a_call_given_back_wakes_the_supervisor_unless_its_worker_is_lent_again(make_rig):
+    rig, _ = make_rig(workers=1)
+    worker, far = fake_worker(rig, 0)
+    rig.dispatcher.dispatch()
+    for supervisor_took_the_loans_back in (False, True):
+        called = task()
+        with rig.inbox.lock:
+            assert rig.inbox.hold_locked(called) is worker
+        runs(far, replies=True)
+        woken(rig)
+        if supervisor_took_the_loans_back:
+            rig.inbox.reclaim()  # its queue got work: the worker given back is what it needs
+        _channel.channel(far.reply).send(done_message(called, 1))
+        rig.inbox.give_back(worker, called, rig.inbox.await_reply(worker), None)
+        assert woken(rig) is supervisor_took_the_loans_back
 
 
 def test_a_call_whose_worker_dies_becomes_the_task_it_died_in(make_rig):

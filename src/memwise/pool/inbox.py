@@ -9,9 +9,9 @@ ways.
   worker; the supervisor reads the reply. One hop through the supervisor thread saved.
 - The *call path* (``WorkerPool.call``): the calling thread sends its task to a lent worker
   with the reply to come down the worker's reply pipe, reads it itself, completes the future
-  and gives the worker back (:meth:`Inbox.call`); the supervisor only accounts for it later.
-  No hop through the supervisor at all, which is the floor for a lone call: the thread waits
-  on the worker directly.
+  and gives the worker back (:meth:`Inbox.complete_call`); the supervisor only accounts for
+  it later. No hop through the supervisor at all, which is the floor for a lone call: the
+  thread waits on the worker directly.
 
 The rules that make this safe are stated once, at ``_lent``, and every method that touches a
 lent or held worker is in this module.
@@ -37,7 +37,7 @@ MAX_QUIET_ANSWERS = 256  # calls given back before the supervisor is woken to ac
 
 
 class Answer(NamedTuple):
-    """A worker a calling thread gives back, and how its call ended (see :meth:`Inbox.call`)."""
+    """A worker a calling thread gives back, and how its call ended (:meth:`Inbox.give_back`)."""
 
     worker: Worker
     task: Task
@@ -218,7 +218,6 @@ class Inbox:
         """Wait (without the lock) for the reply of the task sent to held ``worker``; None if
         the worker exited without one."""
         replies, poller = worker.replies, worker.reply_poll
-        assert replies is not None
         while True:
             for fd, _event in poller.poll():
                 if fd != replies.fd:  # it exited: whatever it wrote first still counts
@@ -253,44 +252,48 @@ class Inbox:
             if not worker.held:
                 return  # given back already (an interruption on the way out)
             worker.held = False
-            # Anything the supervisor must act on wakes it at once. A call that succeeded is
-            # accounted for whenever it next wakes, or a snapshot is taken: waking it costs a
-            # lone caller more than the rest of its call (that thread takes the GIL just as
-            # the next reply arrives).
-            doomed = worker.exit_deferred or worker.kill_reason is not None or worker.retiring
-            urgent = (
-                done is None
-                or doomed
-                or answer.error is not None
-                or bool(done.returns)
-                or not self._relend
-                or self.closing
-                or bool(self._hub.subscriptions)
-                or len(self._answers) >= MAX_QUIET_ANSWERS
-            )
+            self._answers.append(answer)
             if done is not None:
                 worker.idle_since = self._clock()  # for Recycle(idle=), before accounting
                 if self._relend:
                     # Else the call stays on the worker until it is accounted for: it may be
                     # the task after which the worker retires, and it starts nothing more.
                     worker.calling = None
-                if (
-                    self._relend
-                    and self._lendable
-                    and not self._incoming
-                    and not doomed
-                    and worker.state is State.READY
-                    and worker.lane < self._lane_count
-                ):
-                    self._lent[worker.lane] = worker
-            self._answers.append(answer)
-            if urgent:
+            relent = worker.calling is None and self._lendable and self._lendable_again(worker)
+            if relent:
+                self._lent[worker.lane] = worker
+            # A call that succeeded and whose worker is lent again asks nothing of the
+            # supervisor but to be counted, whenever it next wakes or a snapshot is taken:
+            # waking it costs a lone caller more than the rest of its call (that thread takes
+            # the GIL just as the next reply arrives). Anything else wakes it now: a worker it
+            # did not get back may be what its queue waits for.
+            quiet = (
+                relent
+                and done is not None
+                and answer.error is None
+                and not done.returns
+                and not self.closing
+                and not self._hub.subscriptions
+                and len(self._answers) < MAX_QUIET_ANSWERS
+            )
+            if not quiet:
                 self.poke_locked()
 
-    def take_answers(self, worker: Worker | None = None) -> list[Answer]:
-        """The calls given back and not accounted for yet: all of them, or ``worker``'s."""
+    def _lendable_again(self, worker: Worker) -> bool:
+        """Whether a worker given back may go straight back to ``_lent`` (see the rules)."""
+        return (
+            not self._incoming
+            and not worker.exit_deferred
+            and worker.kill_reason is None
+            and not worker.retiring
+            and worker.state is State.READY
+            and worker.lane < self._lane_count
+        )
+
+    def take_answers(self, worker: Worker) -> list[Answer]:
+        """``worker``'s calls given back and not accounted for yet."""
         with self.lock:
-            return self._take_answers_locked(lambda a: worker is None or a.worker is worker)
+            return self._take_answers_locked(lambda a: a.worker is worker)
 
     def take_quiet_answers(self) -> list[Answer]:
         """The calls given back that succeeded and ask nothing of the supervisor but to be
@@ -370,8 +373,7 @@ class Inbox:
         """Lend these idle workers (of lanes below ``lane_count``) to user threads; the queue
         must be empty."""
         with self.lock:
-            # A worker with a call (held, or whose reply the supervisor reads) is not idle.
-            self._lent = {w.lane: w for w in workers if w.calling is None}
+            self._lent = {w.lane: w for w in workers}
             self._lendable = True
             self._lane_count = lane_count
 
