@@ -165,6 +165,15 @@ def _systems(count: int, scenes: list[Any], checked: dict[str, LineRun]) -> dict
     return systems
 
 
+def _drop_free_peer_rates(results: dict[str, Figures]) -> list[float]:
+    """Frames/s of every peer that dropped nothing (the only ones the issue compares with)."""
+    return [
+        figures["frames_per_s"]
+        for name, figures in results.items()
+        if name in PEERS and figures["drops"] == 0
+    ]
+
+
 def _targets(
     results: dict[str, Figures],
     checked: dict[str, LineRun],
@@ -178,11 +187,7 @@ def _targets(
     drop-free peer's) figures, the targets that need them have no value and are not met."""
     mine = results.get(SUBJECT)
     line = checked.get(SUBJECT)
-    peers = [
-        figures["frames_per_s"]
-        for name, figures in results.items()
-        if name in PEERS and figures["drops"] == 0
-    ]
+    peers = _drop_free_peer_rates(results)
 
     def figure(key: str) -> float | None:
         return None if mine is None else mine[key]
@@ -274,7 +279,8 @@ def run(quick: bool = False) -> PipelineResult:
     cpus = len(os.sched_getaffinity(0))
     machine = MachineBound(sizes.frames, cpus)
     results, checked, skipped = _rounds(sizes, scenes, machine)
-    bound = machine.result().figures()
+    measured = machine.result()
+    bound = measured.figures()
     for name, figures in results.items():
         cpu_ms = figures["parent_cpu_ms"] + figures["workers_cpu_ms"]
         figures["cpu_limit_fps"] = (1 if name == "serial" else cpus) * 1000 / max(cpu_ms, 1e-9)
@@ -284,11 +290,7 @@ def run(quick: bool = False) -> PipelineResult:
     serial_fps = max(bound["serial_frames_per_s"], serial.frames_per_s if serial else 0.0)
     bound_mib = CAPACITY * item_mib
     targets = _targets(results, checked, bound_mib, serial_fps)
-    peers = [
-        figures["frames_per_s"]
-        for name, figures in results.items()
-        if name in PEERS and figures["drops"] == 0
-    ]
+    peers = _drop_free_peer_rates(results)
     return {
         "benchmark": "pipeline",
         "results": results,
@@ -305,7 +307,7 @@ def run(quick: bool = False) -> PipelineResult:
             # The most any system could gain over serial in this run.
             "parallel_over_serial": bound["parallel_frames_per_s"] / serial_fps,
             "parallel_verdicts_equal_serial": float(
-                serial is not None and machine.result().verdicts_agree(serial.verdicts)
+                serial is not None and measured.verdicts_agree(serial.verdicts)
             ),
             # Whether the issue's targets fit under this run's bound at all: the speedup over
             # serial the bound allows, and the share of the bound 1.2x the best peer needs.

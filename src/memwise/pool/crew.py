@@ -197,15 +197,18 @@ class Crew:
         supervisor's thread for a fork (tens of ms under load) while the other lanes wait
         for work: workers leaking alike reach their limit together, faster than one spare
         gets ready (measured with ``memwise bench recycle``)."""
-        candidates = [s for s in self._spares if s.kill_reason is None]
-        for state in (State.READY, State.STARTING):
-            for spare in candidates:
-                if spare.state is state:
-                    self._spares.remove(spare)
-                    spare.lane = lane
-                    self.place(spare)
-                    return True
-        return False
+        candidates = [
+            s
+            for s in self._spares
+            if s.kill_reason is None and s.state in (State.READY, State.STARTING)
+        ]
+        if not candidates:
+            return False
+        spare = min(candidates, key=lambda s: s.state is not State.READY)  # ready ones first
+        self._spares.remove(spare)
+        spare.lane = lane
+        self.place(spare)
+        return True
 
     def _try_start(self, lane: int) -> bool:
         """Start a process for an empty lane on this thread: the lane is needed now, and a
@@ -363,9 +366,8 @@ class Crew:
                 pass
         worker.conn.close()
         worker.alive.close()
-        if worker.reply is not None:
-            self.unwatch(worker.reply)
-            worker.reply.close()
+        self.unwatch(worker.reply)
+        worker.reply.close()
         worker.process.close()
         if self._config.budget is not None:
             self._config.budget.untrack(worker.pid)

@@ -39,7 +39,7 @@ class Worker:
         alive: Any,
         ledger: Ledger,
         now: float,
-        reply: Any = None,
+        reply: Any,
     ) -> None:
         self.lane = lane
         self.ledger = ledger
@@ -54,13 +54,14 @@ class Worker:
         self.since = now
         self.outstanding: deque[Task] = deque()
         # The call path (see memwise.pool.inbox): the read end of its reply pipe, and the task
-        # a calling thread sent it and reads the reply of. ``calling`` is set and cleared by
-        # that thread under ``Inbox.lock``; while it is set the task is in no other list.
+        # a calling thread sent it and reads the reply of. ``calling`` is set by that thread
+        # under ``Inbox.lock`` and cleared when the reply has been accounted for (by that
+        # thread, or the supervisor); while it is set the task is in no other list.
         self.reply = reply
-        self.replies = None if reply is None else _channel.channel(reply)
+        self.replies = _channel.channel(reply)
         # What its holder waits on: the reply, or the process's end. Made once, not per call.
         self.reply_poll: Any = None
-        if reply is not None and hasattr(select, "poll"):  # else no call path (Windows)
+        if hasattr(select, "poll"):  # else no call path (Windows)
             self.reply_poll = select.poll()
             self.reply_poll.register(reply.fileno(), select.POLLIN)
             self.reply_poll.register(process.sentinel, select.POLLIN)

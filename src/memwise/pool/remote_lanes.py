@@ -32,13 +32,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwise.errors import BrokenPool, ClosedError, WorkerInitError
+from memwise.errors import BrokenPool, WorkerInitError
 from memwise.pool import remote_deaths, remote_dispatch
 from memwise.pool.events import PoolEvent
 from memwise.pool.lanes import Lanes
 from memwise.pool.options import TaskOptions
 from memwise.pool.policies import Recycle
 from memwise.pool.queue import TaskQueue
+from memwise.pool.refusals import refuse_resize_unless_open, refuse_tasks_unless_open
 from memwise.pool.remote_dispatch import PIPELINE, PIPELINE_MEMORY
 from memwise.pool.remote_lane import Durations, Lane, LaneTask, Outcome, Sent, Status, Transport
 from memwise.pool.snapshot import PoolSnapshot
@@ -99,12 +100,7 @@ class LaneSupervisor:
         future: Future[Any] = Future()
         task = LaneTask(future, call, options)
         with self.lock:
-            if self.broken is not None:
-                raise BrokenPool(
-                    f"the pool is broken and accepts no tasks: {self.broken}"
-                ) from self.broken
-            if self.closing:
-                raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
+            refuse_tasks_unless_open(self.broken, self.closing)
             if task.key is not None:
                 task.lane = self.pins.route(task.key)
                 key = task.key
@@ -127,10 +123,7 @@ class LaneSupervisor:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         with self.lock:
-            if self.broken is not None:
-                raise BrokenPool(f"the pool is broken: {self.broken}") from self.broken
-            if self.closing:
-                raise ClosedError("cannot resize a pool that is shut down; create a new pool")
+            refuse_resize_unless_open(self.broken, self.closing)
             before = self.pins.resize(workers)
             self.emit("pool_resized", reason=f"{before} -> {workers}")
         self._inbox.put(self._fill_lanes)

@@ -69,7 +69,7 @@ class Results:
     def drain(self, worker: Worker) -> None:
         """Read what an exited worker sent before it died: those results still count. A call
         it did not answer becomes the task it died in."""
-        if worker.calling is not None and worker.replies is not None:
+        if worker.calling is not None:
             for data in worker.replies.drain():
                 self._on_reply(worker, decode(data))
         if worker.calling is not None:
@@ -110,7 +110,7 @@ class Results:
     def on_reply(self, worker: Worker) -> None:
         """The reply pipe of a worker whose calling thread stopped waiting is readable."""
         try:
-            messages = worker.replies.receive() if worker.replies is not None else []
+            messages = worker.replies.receive()
         except (EOFError, OSError):
             messages = []  # it is exiting; its sentinel will tell how
             self._crew.unwatch(worker.reply)

@@ -69,7 +69,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from memwise import _oob
-from memwise.errors import BrokenPool, ClosedError
+from memwise.errors import BrokenPool
 from memwise.pool import stats
 from memwise.pool.config import PoolConfig
 from memwise.pool.context import get_context
@@ -83,6 +83,7 @@ from memwise.pool.lanes import Lanes
 from memwise.pool.outcome import settle
 from memwise.pool.probe import ProcessProbe
 from memwise.pool.queue import TaskQueue
+from memwise.pool.refusals import refuse_resize_unless_open, refuse_tasks_unless_open
 from memwise.pool.results import Results
 from memwise.pool.snapshot import PoolSnapshot, PoolState
 from memwise.pool.stats import Tally, key_repr
@@ -201,13 +202,7 @@ class Supervisor:
         inbox.complete_call(worker, task)
 
     def _admit_locked(self, task: Task) -> None:
-        inbox = self._inbox
-        if inbox.broken is not None:
-            raise BrokenPool(
-                f"the pool is broken and accepts no tasks: {inbox.broken}"
-            ) from inbox.broken
-        if inbox.closing:
-            raise ClosedError("cannot schedule new futures after shutdown; create a new pool")
+        refuse_tasks_unless_open(self._inbox.broken, self._inbox.closing)
         self._tally.submitted += 1
         if task.key is not None:
             task.lane = self._lanes.route(task.key)
@@ -228,10 +223,7 @@ class Supervisor:
         """Set the number of lanes; see :mod:`memwise.pool.lanes`."""
         inbox = self._inbox
         with self._state_lock, inbox.lock:
-            if inbox.broken is not None:
-                raise BrokenPool(f"the pool is broken: {inbox.broken}") from inbox.broken
-            if inbox.closing:
-                raise ClosedError("cannot resize a pool that is shut down; create a new pool")
+            refuse_resize_unless_open(inbox.broken, inbox.closing)
             previous = self._lanes.resize(count)
             inbox.reclaim_locked()  # a lent worker may be in a lane that now drains
             inbox.poke_locked()
