@@ -41,7 +41,7 @@ def fresh():
     """Three fresh recordings of random digits (about 8 s each), synthesized now."""
     # Only the tests on fresh speech need espeak-ng; the others run without it.
     if not audio.espeak_available():
-        pytest.skip("espeak-ng is not installed")
+        pytest.skip("fresh speech needs espeak-ng (apt-get install espeak-ng); .ci/run installs it")
     rng = random.Random()
     texts = [audio.digit_text(rng, 20) for _ in range(3)]
     return [audio.Clip(f"fresh-{i}", text, audio.synthesize(text)) for i, text in enumerate(texts)]
